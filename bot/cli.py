@@ -1,0 +1,157 @@
+"""The ``bot`` command line: a thin face over the core (``bot generate``, ``bot models``, ``bot budget``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from bot.core.errors import BotError, ProviderConnectionError, ProviderError, RateLimitError
+
+__all__ = ["main"]
+
+#: Exit codes: 2 for anything the user can fix (bad input, config, model, key, budget), 1 when a
+#: provider failed at run time.
+EXIT_USAGE = 2
+EXIT_PROVIDER = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bot", description="A budget-guarded LLM gateway for teams.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text from a prompt, within budget")
+    gen.add_argument("prompt", help="the prompt ('-' reads it from standard input)")
+    gen.add_argument("--model", "-m", help="model name (default: session.default_model)")
+    gen.add_argument("--system", help="a system prompt")
+    gen.add_argument("--max-tokens", type=int, help="most output tokens (default: session.max_tokens)")
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--dry-run", action="store_true", help="estimate tokens and worst-case cost only")
+    gen.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    models = sub.add_parser("models", help="list the models you can use, with prices per million tokens")
+    models.add_argument("--provider", help="only this provider")
+    models.add_argument("--json", action="store_true")
+
+    budget = sub.add_parser("budget", help="show every budget that applies to you")
+    budget.add_argument("--json", action="store_true")
+    return parser
+
+
+def _money(value: Decimal | None) -> str:
+    return "-" if value is None else f"${value:.6f}".rstrip("0").rstrip(".")
+
+
+async def _generate(args: argparse.Namespace) -> int:
+    from bot.app import build_core
+    from bot.core.types import Principal
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    streamed = not args.json and not args.dry_run
+
+    async def echo(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    async with build_core() as core:
+        session = core.sessions.create(principal=Principal.cli())
+        async with session:
+            result = await session.chat(
+                prompt,
+                model=args.model,
+                system=args.system,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                dry_run=args.dry_run,
+                on_text=echo if streamed else None,
+            )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif result.dry_run:
+        print(
+            f"dry run: {result.usage.input_tokens} input tokens, worst-case cost {_money(result.cost_usd)} "
+            f"with {result.model}; nothing was called or charged"
+        )
+    else:
+        note = " (estimated: the provider reported no usage)" if result.cost_estimated else ""
+        print(
+            f"\n-- {result.model}: {result.usage.input_tokens} in / {result.usage.output_tokens} out tokens, "
+            f"{_money(result.cost_usd)}{note}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _models(args: argparse.Namespace) -> int:
+    from bot.app import build_core
+
+    async with build_core(with_ledger=False) as core:
+        rows = await core.sessions.list_models(args.provider)
+    if args.json:
+        print(json.dumps([{**info.to_dict(), "key_configured": has_key} for info, has_key in rows], indent=2))
+        return 0
+    print(f"{'model':40} {'provider':12} {'in/MTok':>9} {'out/MTok':>9} {'cached':>8} {'context':>8}  key")
+    for info, has_key in rows:
+        print(
+            f"{info.name:40} {info.provider:12} {_money(info.input_per_mtok):>9} {_money(info.output_per_mtok):>9} "
+            f"{_money(info.cache_read_per_mtok):>8} {info.context_window or '-':>8}  {'yes' if has_key else 'no'}"
+        )
+    return 0
+
+
+async def _budget(args: argparse.Namespace) -> int:
+    from bot.app import build_core
+    from bot.core.types import Principal
+
+    async with build_core() as core:
+        statuses = await core.budget_status(Principal.cli())
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return 0
+    if not statuses:
+        print("no budgets are configured (add them under `budgets:` in config)")
+    for s in statuses:
+        resets = f", resets {s['resets_at']}" if s.get("resets_at") else ""
+        print(
+            f"{s['name']:24} {s['period']:8} spent ${s['spent']} of ${s['limit']} "
+            f"({float(s['fraction_used']) * 100:.1f}%), ${s['remaining']} left{resets}"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bot`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = os.environ.get("BOT_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else "WARNING",
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handlers: dict[str, Any] = {"generate": _generate, "models": _models, "budget": _budget}
+    try:
+        return int(asyncio.run(handlers[args.command](args)))
+    except BotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        runtime = type(err) is ProviderError or isinstance(err, (ProviderConnectionError, RateLimitError))
+        return EXIT_PROVIDER if runtime else EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `bot models | head` closed our stdout: not an error
+        return 0
+    except Exception as exc:  # the promise is one clear line, never a traceback
+        logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (re-run with BOT_LOG_LEVEL=DEBUG)",
+            file=sys.stderr,
+        )
+        return EXIT_PROVIDER
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Configuration: pydantic models, loaded from YAML (with ``${VAR}`` interpolation), env or a dict.
+
+Every loading error becomes one ``ConfigurationError`` naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from bot.core.errors import ConfigurationError
+
+__all__ = [
+    "AppConfig",
+    "BudgetConfig",
+    "CacheConfig",
+    "DatabaseConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "SessionDefaults",
+]
+
+ProviderType = Literal["openai", "anthropic", "openai_compatible"]
+ScopeKind = Literal["global", "surface", "team", "user", "channel", "client", "model", "provider"]
+Period = Literal["total", "daily", "weekly", "monthly"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_thresholds(values: list[float]) -> list[float]:
+    for v in values:
+        if not 0 < v <= 1:
+            raise ValueError(f"threshold {v} must be in (0, 1], e.g. 0.8 for 80%")
+    return sorted(set(values))
+
+
+class ModelConfig(_Strict):
+    """A model callers may use; prices here override ``genai-prices`` (needed for self-hosted models)."""
+
+    provider: str
+    #: The name sent upstream when it differs from the name callers use.
+    upstream_name: str | None = None
+    input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+
+
+class ProviderConfig(_Strict):
+    """How to reach one provider. Keys default to the SDKs' standard environment variables."""
+
+    type: ProviderType
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    #: Models this endpoint serves (an OpenAI-compatible server has no price list of its own).
+    models: list[str] = Field(default_factory=list)
+    enabled: bool = True
+
+
+class SessionDefaults(_Strict):
+    """Defaults every session gets unless the caller says otherwise."""
+
+    default_model: str = "gpt-4o-mini"
+    max_tokens: int = Field(default=1024, gt=0, le=200_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    budget_usd: Decimal | None = Field(default=None, ge=0)
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+    max_concurrency: int = Field(default=8, gt=0, le=1000)
+    #: Prompts longer than this are refused before any token is counted.
+    max_prompt_chars: int = Field(default=400_000, gt=0)
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _valid_thresholds(cls, v: list[float]) -> list[float]:
+        return _check_thresholds(v)
+
+
+class LoggingConfig(_Strict):
+    """Log level and format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool | None = None
+
+
+class CacheConfig(_Strict):
+    """Caches of remote look-ups (Anthropic token counts)."""
+
+    enabled: bool = True
+    ttl_seconds: int = Field(default=300, ge=0)
+    max_entries: int = Field(default=1024, ge=0)
+
+
+class RetryConfig(_Strict):
+    """Retry policy for provider calls: exponential backoff that honours ``Retry-After``."""
+
+    max_retries: int = Field(default=2, ge=0, le=10)
+    initial_delay_seconds: float = Field(default=0.5, ge=0)
+    max_delay_seconds: float = Field(default=20.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+
+
+class BudgetConfig(_Strict):
+    """A spending budget: which calls it covers, how much, and over what period."""
+
+    name: str = Field(min_length=1, max_length=100)
+    scope: ScopeKind = "global"
+    #: The scope key this budget covers; ``None`` means "each key of this scope separately"
+    #: (``scope: user`` with no key gives every user their own budget of this size).
+    key: str | None = None
+    limit_usd: Decimal = Field(gt=0)
+    period: Period = "monthly"
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+    #: Slack channel that hears about this budget's alerts.
+    channel: str | None = None
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _valid_thresholds(cls, v: list[float]) -> list[float]:
+        return _check_thresholds(v)
+
+
+class DatabaseConfig(_Strict):
+    """Where the ledger lives and how it counts periods."""
+
+    url: str = "sqlite+aiosqlite:///data/bot.db"
+    timezone: str = "UTC"
+    reservation_ttl_seconds: int = Field(default=600, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{v}'; use an IANA name such as 'Europe/Paris'") from None
+        return v
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {"openai": ProviderConfig(type="openai"), "anthropic": ProviderConfig(type="anthropic")}
+
+
+class AppConfig(_Strict):
+    """The whole configuration of the core."""
+
+    providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    session: SessionDefaults = Field(default_factory=SessionDefaults)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> AppConfig:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(
+                    f"model '{name}' names provider '{model.provider}', which is not configured "
+                    f"(known: {', '.join(sorted(self.providers))})"
+                )
+        names = [b.name for b in self.budgets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"budget names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> AppConfig:
+        """Build from a plain dict; errors name ``source`` and the offending field."""
+        try:
+            return cls.model_validate(dict(data))
+        except pydantic.ValidationError as exc:
+            raise _config_error(exc, source) from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> AppConfig:
+        """Load YAML, replacing ``${VAR}`` and ``${VAR:-default}`` from the environment."""
+        file = Path(path)
+        try:
+            raw = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigurationError(
+                "file not found", source=str(file), hint="Check the path, or copy config/config.yaml.example."
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read file: {exc.strerror}", source=str(file)) from None
+        text = interpolate(raw, os.environ if env is None else env, source=str(file))
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigurationError(
+                f"invalid YAML{where}", source=str(file), hint="Fix the YAML syntax."
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigurationError("the top level must be a mapping", source=str(file))
+        return cls.from_dict(data, source=str(file))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AppConfig:
+        """Load ``BOT_CONFIG`` (a YAML file) if set, then apply ``BOT_*`` overrides."""
+        env = os.environ if env is None else env
+        config = cls.from_file(env["BOT_CONFIG"], env) if env.get("BOT_CONFIG") else cls()
+        data = config.model_dump(mode="python", exclude_unset=False)
+        overrides = {
+            "BOT_DEFAULT_MODEL": ("session", "default_model"),
+            "BOT_MAX_TOKENS": ("session", "max_tokens"),
+            "BOT_SESSION_BUDGET_USD": ("session", "budget_usd"),
+            "BOT_DATABASE_URL": ("database", "url"),
+            "BOT_TIMEZONE": ("database", "timezone"),
+            "BOT_LOG_LEVEL": ("logging", "level"),
+        }
+        for var, (section, key) in overrides.items():
+            if env.get(var):
+                data[section][key] = env[var]
+        return cls.from_dict(data, source="environment")
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: Mapping[str, str], *, source: str = "config") -> str:
+    """Replace ``${VAR}`` / ``${VAR:-default}``; a missing variable without default is an error."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, match.start()) + 1
+        raise ConfigurationError(
+            f"environment variable {name} is not set (used at line {line})",
+            source=source,
+            hint=f"Export {name}, or write ${{{name}:-default}} to give a default.",
+        )
+
+    return _VAR.sub(sub, text)
+
+
+def _config_error(exc: pydantic.ValidationError, source: str) -> ConfigurationError:
+    problems = []
+    first_field = None
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        first_field = first_field or field
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting; check its spelling against config/config.yaml.example"
+        problems.append(f"{field}: {msg}")
+    return ConfigurationError(
+        "; ".join(problems),
+        source=source,
+        hint="See config/config.yaml.example for every setting with a comment.",
+    )

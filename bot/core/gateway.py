@@ -1,0 +1,99 @@
+"""``Gateway``: the core as the faces see it, built once by the composition root.
+
+It owns the session factory (and so the provider clients) and the ledger, and answers the
+questions every face asks: make a call for a principal, what are its budgets, which models exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+
+from bot.core.config import AppConfig
+from bot.core.factory import SessionFactory
+from bot.core.providers import OnText
+from bot.core.session import LedgerPort
+from bot.core.types import ChatResult, ModelInfo, Principal
+
+__all__ = ["Gateway"]
+
+
+class Gateway:
+    """The single session core shared by the CLI, the MCP tools and the Slack commands."""
+
+    def __init__(
+        self, config: AppConfig, *, ledger: LedgerPort | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.sessions = SessionFactory(config, ledger=ledger, env=env)
+
+    async def generate(
+        self,
+        principal: Principal,
+        prompt: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        dry_run: bool = False,
+        on_text: OnText | None = None,
+    ) -> ChatResult:
+        """One call for ``principal``, charged to every budget that applies to it."""
+        async with self.sessions.create(principal=principal) as session:
+            return await session.chat(
+                prompt,
+                model=model,
+                system=system,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                dry_run=dry_run,
+                on_text=on_text,
+            )
+
+    async def budget_status(self, principal: Principal) -> list[dict[str, Any]]:
+        """Every budget that applies to ``principal``, as JSON-friendly dicts (money as strings)."""
+        status = getattr(self.ledger, "status", None)
+        if status is None:
+            return []
+        return [_status_dict(s) for s in await status(principal)]
+
+    async def list_models(self, provider: str | None = None) -> list[tuple[ModelInfo, bool]]:
+        """Usable models with whether their provider has a key."""
+        return await self.sessions.list_models(provider)
+
+    async def close(self) -> None:
+        """Close provider clients and the ledger."""
+        await self.sessions.close()
+        close = getattr(self.ledger, "close", None)
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(status).items() if hasattr(status, "__dict__") else _fields(status):
+        if isinstance(value, Decimal):
+            out[key] = str(value)
+        elif hasattr(value, "isoformat"):
+            out[key] = value.isoformat()
+        else:
+            out[key] = value
+    return out
+
+
+def _fields(obj: Any) -> list[tuple[str, Any]]:
+    import dataclasses
+
+    return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]

@@ -1,0 +1,169 @@
+"""The provider interface every model provider implements (async all the way)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from types import TracebackType
+from typing import Self
+
+from bot.core.config import ModelConfig, ProviderConfig, RetryConfig
+from bot.core.errors import APIKeyMissingError, ModelNotFoundError
+from bot.core.pricing import Pricer
+from bot.core.types import Message, ModelInfo, TokenCount, Usage
+
+__all__ = ["ChatRequest", "OnText", "Provider", "ProviderReply"]
+
+#: Called with each piece of text as a stream produces it.
+OnText = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat call as the providers see it (the model is the upstream name)."""
+
+    messages: Sequence[Message]
+    model: str
+    max_tokens: int
+    temperature: float | None = None
+    on_text: OnText | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderReply:
+    """What a provider answered; ``usage`` is None when the provider reported none."""
+
+    text: str
+    model: str
+    usage: Usage | None
+    finish_reason: str | None
+
+
+class Provider(ABC):
+    """A model provider reached through its official SDK."""
+
+    #: ``openai``, ``anthropic`` or ``openai_compatible``.
+    provider_type: str
+    #: Environment variables the SDK reads for its key and base URL.
+    key_env: str = ""
+    base_url_env: str = ""
+
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        pricer: Pricer,
+        retry: RetryConfig,
+        models: Mapping[str, ModelConfig] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.provider_name = name
+        self.config = config
+        self.pricer = pricer
+        self.retry = retry
+        self._env = os.environ if env is None else env
+        # Models config assigns to this provider, by the name callers use.
+        self._configured = {m: c for m, c in (models or {}).items() if c.provider == name}
+        self._connected = False
+
+    # -- identity and models ---------------------------------------------------------------------
+
+    @property
+    def api_key(self) -> str | None:
+        """The key from config, else from the SDK's standard variable (never logged)."""
+        if self.config.api_key is not None:
+            return self.config.api_key.get_secret_value()
+        return self._env.get(self.key_env) or None
+
+    @property
+    def base_url(self) -> str | None:
+        """The base URL from config, else from the SDK's standard variable."""
+        return self.config.base_url or self._env.get(self.base_url_env) or None
+
+    @property
+    def has_key(self) -> bool:
+        """True when a key is configured (or none is needed)."""
+        return self.api_key is not None
+
+    @property
+    def supported_models(self) -> list[str]:
+        """Model names callers may use with this provider (configured ones first)."""
+        names = list(self._configured)
+        names += [m for m in self.config.models if m not in names]
+        names += [m for m in self.pricer.known_models(self.provider_type) if m not in names]
+        return names
+
+    @property
+    def is_connected(self) -> bool:
+        """True once ``validate_connection()`` succeeded."""
+        return self._connected
+
+    def supports(self, model: str) -> bool:
+        """True when ``model`` is one of this provider's models (any name its price list matches)."""
+        if model in self._configured or model in self.config.models:
+            return True
+        return self.pricer.rates(model, self.provider_type) is not None
+
+    def upstream_model(self, model: str) -> str:
+        """The name sent upstream for ``model``."""
+        config = self._configured.get(model)
+        return config.upstream_name if config and config.upstream_name else model
+
+    async def get_model_info(self, model: str) -> ModelInfo:
+        """Prices and limits of ``model``; raises ``ModelNotFoundError`` for an unknown one."""
+        if not self.supports(model):
+            raise ModelNotFoundError(model, provider=self.provider_name, known=self.supported_models)
+        return self.pricer.model_info(model, self.provider_name, self.provider_type)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Every supported model with its prices."""
+        return [
+            self.pricer.model_info(m, self.provider_name, self.provider_type) for m in self.supported_models
+        ]
+
+    def require_key(self) -> str:
+        """Return the API key or raise ``APIKeyMissingError`` naming the variable to set."""
+        key = self.api_key
+        if key is None:
+            raise APIKeyMissingError(self.provider_name, self.key_env)
+        return key
+
+    # -- money -----------------------------------------------------------------------------------
+
+    def estimate_cost(self, model: str, input_tokens: int, max_tokens: int) -> Decimal:
+        """The worst-case cost of a call: what a budget reserves before it."""
+        return self.pricer.worst_case(model, self.provider_name, self.provider_type, input_tokens, max_tokens)
+
+    def calculate_cost(self, model: str, usage: Usage) -> Decimal:
+        """The cost of the usage the provider reported."""
+        return self.pricer.cost(model, self.provider_name, self.provider_type, usage)
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def chat(self, request: ChatRequest) -> ProviderReply:
+        """Make one chat call (streaming when ``request.on_text`` is set), with retries."""
+
+    @abstractmethod
+    async def count_tokens(self, messages: Sequence[Message], model: str) -> TokenCount:
+        """Count the prompt tokens of ``messages`` as the provider will bill them."""
+
+    @abstractmethod
+    async def validate_connection(self) -> bool:
+        """Check that the provider answers with our key; sets ``is_connected``."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the SDK client's connections."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,112 @@
+"""The one boundary where SDK exceptions become the gateway's own errors."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import anthropic
+import httpx2
+import openai
+
+from bot.core.errors import (
+    BotError,
+    ModelNotFoundError,
+    ProviderConnectionError,
+    ProviderError,
+    RateLimitError,
+)
+
+__all__ = ["map_sdk_error", "parse_retry_after"]
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Read ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date) from response headers."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _body_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+    return str(getattr(exc, "message", "") or exc)
+
+
+def map_sdk_error(
+    exc: BaseException, *, provider: str, model: str, known_models: Iterable[str] = ()
+) -> BotError:
+    """Convert an ``openai`` or ``anthropic`` exception to our hierarchy (others pass through)."""
+    if isinstance(exc, BotError):
+        return exc
+    timeout = (openai.APITimeoutError, anthropic.APITimeoutError)
+    if isinstance(exc, timeout):
+        return ProviderConnectionError(
+            f"{provider} did not answer in time", provider=provider, hint="Retry, or raise timeout_seconds."
+        )
+    # Mid-stream transport failures surface from the SDKs' iterators unwrapped.
+    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)):
+        return ProviderConnectionError(
+            f"could not reach {provider}: the connection failed or was dropped",
+            provider=provider,
+            hint="Check the provider's base URL and network, then retry.",
+        )
+    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
+        status = exc.status_code
+        message = _body_message(exc)
+        if status == 429 or status == 529:
+            what = "is overloaded" if status == 529 else "is rate limiting requests"
+            return RateLimitError(
+                f"{provider} {what}: {message}",
+                provider=provider,
+                status=status,
+                retry_after=parse_retry_after(exc.response.headers),
+            )
+        if status == 401:
+            return ProviderError(
+                f"{provider} rejected the API key: {message}",
+                provider=provider,
+                status=401,
+                hint=f"Check {_key_var(provider)} or providers.{provider}.api_key.",
+            )
+        if status == 404:
+            return ModelNotFoundError(model, provider=provider, known=known_models)
+        if status >= 500:
+            return ProviderError(
+                f"{provider} failed with HTTP {status}: {message}",
+                provider=provider,
+                status=status,
+                hint="This is on the provider's side; retry in a little while.",
+            )
+        return ProviderError(
+            f"{provider} refused the request (HTTP {status}): {message}", provider=provider, status=status
+        )
+    if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError)):
+        return ProviderError(f"{provider} sent a response that could not be read", provider=provider)
+    if isinstance(exc, (openai.OpenAIError, anthropic.AnthropicError)):
+        return ProviderError(f"{provider} call failed: {exc}", provider=provider)
+    if isinstance(exc, ValueError):  # malformed JSON or SSE data from the upstream
+        return ProviderError(f"{provider} sent a malformed response: {exc}", provider=provider)
+    raise exc
+
+
+def _key_var(provider: str) -> str:
+    return "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"

@@ -1,0 +1,188 @@
+"""OpenAI (Chat Completions) and OpenAI-compatible endpoints (Ollama, vLLM, Groq…), via ``openai``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+
+from bot.core.errors import ConfigurationError, ProviderConnectionError, ProviderError
+from bot.core.providers.base import ChatRequest, Provider, ProviderReply
+from bot.core.providers.errors import map_sdk_error
+from bot.core.providers.retry import with_retries
+from bot.core.tokens import count_chat_tokens
+from bot.core.types import Message, TokenCount, Usage
+
+__all__ = ["OpenAICompatibleProvider", "OpenAIProvider", "usage_from_openai"]
+
+
+def usage_from_openai(raw: Any) -> Usage | None:
+    """Convert OpenAI's ``usage`` (prompt tokens *include* cached ones) to our ``Usage``."""
+    if raw is None:
+        return None
+    prompt_details = getattr(raw, "prompt_tokens_details", None)
+    completion_details = getattr(raw, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=raw.prompt_tokens or 0,
+        output_tokens=raw.completion_tokens or 0,
+        cache_read_tokens=(getattr(prompt_details, "cached_tokens", None) or 0) if prompt_details else 0,
+        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", None) or 0)
+        if completion_details
+        else 0,
+    )
+
+
+class OpenAIProvider(Provider):
+    """OpenAI's Chat Completions API; token counts are exact offline (tiktoken)."""
+
+    provider_type = "openai"
+    key_env = "OPENAI_API_KEY"
+    base_url_env = "OPENAI_BASE_URL"
+    _client: openai.AsyncOpenAI | None = None
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                api_key=self.require_key(),
+                base_url=self.base_url,
+                timeout=self.config.timeout_seconds,
+                max_retries=0,  # our own retry policy applies (see providers/retry.py)
+            )
+        return self._client
+
+    def _token_limit_param(self) -> str:
+        # OpenAI's reasoning models accept only max_completion_tokens; most compatible servers
+        # know only max_tokens.
+        return "max_completion_tokens"
+
+    async def chat(self, request: ChatRequest) -> ProviderReply:
+        """One Chat Completions call (streamed with usage when ``on_text`` is set), with retries."""
+        client = self._sdk()
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            self._token_limit_param(): request.max_tokens,
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+
+        async def once() -> ProviderReply:
+            try:
+                if request.on_text is None:
+                    response = await client.chat.completions.create(**params)
+                    choice = response.choices[0] if response.choices else None
+                    return ProviderReply(
+                        text=(choice.message.content or "") if choice else "",
+                        model=response.model or request.model,
+                        usage=usage_from_openai(response.usage),
+                        finish_reason=choice.finish_reason if choice else None,
+                    )
+                return await self._stream(client, params, request)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise map_sdk_error(
+                    exc, provider=self.provider_name, model=request.model, known_models=self.supported_models
+                ) from exc
+
+        return await with_retries(once, self.retry)
+
+    async def _stream(
+        self, client: openai.AsyncOpenAI, params: dict[str, Any], request: ChatRequest
+    ) -> ProviderReply:
+        assert request.on_text is not None
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        model = request.model
+        try:
+            stream = await client.chat.completions.create(
+                **params, stream=True, stream_options={"include_usage": True}
+            )
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = usage_from_openai(chunk.usage)
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+                    if choice.delta and choice.delta.content:
+                        parts.append(choice.delta.content)
+                        await request.on_text(choice.delta.content)
+            if finish is None:
+                raise ProviderConnectionError("the stream ended before a finish_reason", provider=self.provider_name)
+        except Exception as exc:
+            err = map_sdk_error(
+                exc, provider=self.provider_name, model=request.model, known_models=self.supported_models
+            )
+            if parts and isinstance(err, ProviderError):
+                err.partial = ProviderReply("".join(parts), model, usage, "interrupted")
+                err.no_retry = True
+            raise err from exc
+        return ProviderReply("".join(parts), model, usage, finish)
+
+    async def count_tokens(self, messages: Sequence[Message], model: str) -> TokenCount:
+        """Exact prompt tokens, computed offline with the bundled tiktoken encodings."""
+        return TokenCount(
+            count_chat_tokens(messages, self.upstream_model(model)), exact=True, method="tiktoken"
+        )
+
+    async def validate_connection(self) -> bool:
+        """List models upstream; True when the key and base URL work."""
+        try:
+            await self._sdk().models.list()
+        except Exception as exc:
+            raise map_sdk_error(exc, provider=self.provider_name, model="") from exc
+        self._connected = True
+        return True
+
+    async def close(self) -> None:
+        """Close the SDK client."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    """Any endpoint speaking OpenAI's Chat Completions (Ollama, vLLM, Groq, LM Studio…).
+
+    Its models and prices come from config; token counts are tiktoken estimates, labelled as such,
+    since the server's own tokenizer is unknown.
+    """
+
+    provider_type = "openai_compatible"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.config.base_url:
+            raise ConfigurationError(
+                "an openai_compatible provider needs a base_url",
+                field=f"providers.{self.provider_name}.base_url",
+                hint="Set it to the server's OpenAI API root, e.g. http://localhost:11434/v1 for Ollama.",
+            )
+
+    @property
+    def api_key(self) -> str | None:
+        """Local servers need no key; the SDK still wants a non-empty string."""
+        if self.config.api_key is not None:
+            return self.config.api_key.get_secret_value()
+        return "not-needed"
+
+    @property
+    def base_url(self) -> str | None:
+        """Only the configured base URL (OPENAI_BASE_URL belongs to the openai provider)."""
+        return self.config.base_url
+
+    def supports(self, model: str) -> bool:
+        """Only the models config lists for this endpoint (a price list says nothing about it)."""
+        return model in self._configured or model in self.config.models
+
+    def _token_limit_param(self) -> str:
+        return "max_tokens"
+
+    async def count_tokens(self, messages: Sequence[Message], model: str) -> TokenCount:
+        """A tiktoken estimate: the server's tokenizer is not known to us."""
+        return TokenCount(
+            count_chat_tokens(messages, self.upstream_model(model)), exact=False, method="tiktoken-estimate"
+        )

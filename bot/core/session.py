@@ -1,0 +1,405 @@
+"""``LLMSession``: every call made through the gateway goes through here.
+
+The flow of one call: validate → resolve the model → count input tokens → price the worst case →
+reserve it on the session budget and on every persistent budget (all or nothing) → call the
+provider → price the usage it reported → settle (or release on any failure or cancellation) →
+alerts. A refused call costs nothing and is recorded as refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from bot.core.config import SessionDefaults
+from bot.core.errors import AddonError, BotError, ProviderError, TokenLimitError, ValidationError
+from bot.core.monitoring import AlertCallback, AlertManager, CostTracker, TokenMonitor
+from bot.core.providers import ChatRequest, OnText, Provider, ProviderReply, ProviderRouter
+from bot.core.tokens import conservative_text_tokens
+from bot.core.types import CallRecord, ChatResult, Message, Principal, Usage, new_request_id
+
+__all__ = ["Addon", "CallContext", "LLMSession", "LedgerPort"]
+
+log = logging.getLogger(__name__)
+
+
+class LedgerPort(Protocol):
+    """What a session needs from the persistent ledger (``bot.core.ledger.Ledger``)."""
+
+    async def reserve(
+        self, principal: Principal, amount: Decimal, *, request_id: str, model: str, provider: str
+    ) -> Any: ...
+    async def settle(self, hold: Any, record: CallRecord) -> Any: ...
+    async def release(self, hold: Any, record: CallRecord | None = None) -> Any: ...
+    async def record(self, record: CallRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What an addon sees of a call about to be made."""
+
+    request_id: str
+    principal: Principal
+    model: str
+    provider: str
+    messages: Sequence[Message]
+    max_tokens: int
+    input_tokens: int
+    worst_case_usd: Decimal
+
+
+class Addon(Protocol):
+    """A hook around every call; ``before_call`` may veto a call by raising."""
+
+    name: str
+
+    async def before_call(self, ctx: CallContext) -> None: ...
+    async def after_call(self, ctx: CallContext, result: ChatResult) -> None: ...
+
+
+class LLMSession:
+    """A budgeted conversation with the providers; use as ``async with``."""
+
+    def __init__(
+        self,
+        router: ProviderRouter,
+        *,
+        defaults: SessionDefaults | None = None,
+        principal: Principal | None = None,
+        budget_usd: Decimal | None = None,
+        ledger: LedgerPort | None = None,
+        dry_run: bool = False,
+        addons: Sequence[Addon] = (),
+    ) -> None:
+        self.defaults = defaults or SessionDefaults()
+        self.principal = principal or Principal.cli()
+        self.session_id = new_request_id()
+        self.dry_run = dry_run
+        self._router = router
+        self._ledger = ledger
+        self._addons = list(addons)
+        self.costs = CostTracker(self.defaults.budget_usd if budget_usd is None else budget_usd)
+        self.tokens = TokenMonitor()
+        self.alerts = AlertManager(list(self.defaults.alert_thresholds))
+        self._calls: list[ChatResult] = []
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._started_at: datetime | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._started, self._started_at, self._ended = time.monotonic(), datetime.now(UTC), None
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._ended = time.monotonic()
+
+    @property
+    def is_active(self) -> bool:
+        """True inside ``async with``."""
+        return self._started is not None and self._ended is None
+
+    @property
+    def duration(self) -> float:
+        """Seconds since the session started (until it ended)."""
+        if self._started is None:
+            return 0.0
+        return (self._ended or time.monotonic()) - self._started
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """Money charged by this session."""
+        return self.costs.spent
+
+    @property
+    def tokens_used(self) -> int:
+        """Input plus output tokens of every call."""
+        return self.tokens.total.total_tokens
+
+    @property
+    def budget_remaining(self) -> Decimal | None:
+        """What is left of the session budget (None without one)."""
+        return self.costs.remaining
+
+    @property
+    def request_count(self) -> int:
+        """Calls made (dry runs excluded)."""
+        return len([c for c in self._calls if not c.dry_run])
+
+    def set_alert(self, threshold: float, callback: AlertCallback | None = None) -> None:
+        """Call ``callback`` once when spend reaches ``threshold`` (a fraction of the budget)."""
+        self.alerts.add(threshold, callback)
+
+    def add_addon(self, addon: Addon) -> None:
+        """Run ``addon`` around every later call."""
+        self._addons.append(addon)
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        dry_run: bool | None = None,
+        on_text: OnText | None = None,
+    ) -> ChatResult:
+        """Make one call within budget; see the module docstring for the flow."""
+        if not self.is_active:
+            raise ValidationError(["the session is not active"], hint="Use it inside `async with session:`.")
+        model = model or self.defaults.default_model
+        max_tokens = self.defaults.max_tokens if max_tokens is None else max_tokens
+        temperature = self.defaults.temperature if temperature is None else temperature
+        messages = self._messages(prompt, system)
+        self._validate(messages, max_tokens, temperature)
+        provider = self._router.resolve(model)
+        info = await provider.get_model_info(model)
+        upstream = provider.upstream_model(model)
+        counted = await provider.count_tokens(messages, model)
+        if info.context_window and counted.tokens + max_tokens > info.context_window:
+            raise TokenLimitError(
+                model,
+                provider=provider.provider_name,
+                tokens=counted.tokens + max_tokens,
+                limit=info.context_window,
+            )
+        worst = provider.estimate_cost(model, counted.tokens, max_tokens)
+        request_id = new_request_id()
+        if self.dry_run if dry_run is None else dry_run:
+            result = ChatResult(
+                "", model, provider.provider_name, Usage(input_tokens=counted.tokens), worst, 0.0, request_id,
+                cost_estimated=True, dry_run=True,
+            )  # fmt: skip
+            self._calls.append(result)
+            return result
+        ctx = CallContext(
+            request_id,
+            self.principal,
+            model,
+            provider.provider_name,
+            messages,
+            max_tokens,
+            counted.tokens,
+            worst,
+        )
+        await self._run_hooks("before_call", ctx)
+        hold = await self._reserve(ctx)
+        request = ChatRequest(messages, upstream, max_tokens, temperature, on_text)
+        result = await self._call(provider, request, ctx, hold, exact_input=counted.exact)
+        await self.alerts.check(self.costs.spent, self.costs.budget)
+        await self._run_hooks("after_call", ctx, result)
+        return result
+
+    async def batch_generate(
+        self, prompts: Sequence[str], *, concurrency: int | None = None, **kwargs: Any
+    ) -> list[ChatResult | BotError]:
+        """Run many prompts with at most ``concurrency`` in flight; each result or its error, in order.
+
+        Every call reserves its worst case before it starts, so no interleaving can overspend.
+        """
+        limit = asyncio.Semaphore(concurrency or self.defaults.max_concurrency)
+
+        async def one(prompt: str) -> ChatResult | BotError:
+            async with limit:
+                try:
+                    return await self.chat(prompt, **kwargs)
+                except BotError as err:
+                    return err
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def _messages(self, prompt: str | Sequence[Message], system: str | None) -> list[Message]:
+        messages = [Message("user", prompt)] if isinstance(prompt, str) else list(prompt)
+        if system:
+            messages.insert(0, Message("system", system))
+        return messages
+
+    def _validate(self, messages: Sequence[Message], max_tokens: int, temperature: float | None) -> None:
+        problems = []
+        if not any(m.role == "user" and m.content.strip() for m in messages):
+            problems.append("the prompt is empty: write what you want the model to do")
+        size = sum(len(m.content) for m in messages)
+        if size > self.defaults.max_prompt_chars:
+            problems.append(
+                f"the prompt is {size} characters, more than the limit of {self.defaults.max_prompt_chars}"
+            )
+        if not 0 < max_tokens <= 200_000:
+            problems.append(f"max_tokens must be between 1 and 200000, got {max_tokens}")
+        if temperature is not None and not 0 <= temperature <= 2:
+            problems.append(f"temperature must be between 0 and 2, got {temperature}")
+        if problems:
+            raise ValidationError(problems)
+
+    async def _run_hooks(self, hook: str, ctx: CallContext, *args: Any) -> None:
+        for addon in self._addons:
+            try:
+                await getattr(addon, hook)(ctx, *args)
+            except Exception as exc:
+                if hook == "before_call":
+                    raise AddonError(getattr(addon, "name", type(addon).__name__), exc) from exc
+                log.exception("addon after_call failed", extra={"addon": getattr(addon, "name", "?")})
+
+    async def _reserve(self, ctx: CallContext) -> Any:
+        """Hold the worst case on the session budget and the ledger; refusals are recorded at $0."""
+        try:
+            self.costs.reserve(ctx.worst_case_usd)
+        except BotError as err:
+            await self._record_refusal(ctx, err)
+            raise
+        if self._ledger is None:
+            return None
+        try:
+            return await self._ledger.reserve(
+                self.principal,
+                ctx.worst_case_usd,
+                request_id=ctx.request_id,
+                model=ctx.model,
+                provider=ctx.provider,
+            )
+        except BaseException as err:
+            self.costs.release(ctx.worst_case_usd)
+            if isinstance(err, BotError):
+                await self._record_refusal(ctx, err)
+            raise
+
+    async def _record_refusal(self, ctx: CallContext, err: BotError) -> None:
+        if self._ledger is not None:
+            await self._ledger.record(
+                CallRecord(
+                    ctx.request_id, self.principal, ctx.provider, ctx.model, "refused", error_code=err.code
+                )
+            )
+
+    async def _call(
+        self, provider: Provider, request: ChatRequest, ctx: CallContext, hold: Any, *, exact_input: bool
+    ) -> ChatResult:
+        started = time.perf_counter()
+        try:
+            reply = await provider.chat(request)
+        except BaseException as exc:
+            latency = (time.perf_counter() - started) * 1000
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            partial = exc.partial if isinstance(exc, ProviderError) else None
+            # Shielded: a cancelled task must still give its money back and leave its record.
+            await asyncio.shield(self._charge_failure(provider, ctx, hold, exc, outcome, partial, latency))
+            raise
+        latency = (time.perf_counter() - started) * 1000
+        usage, estimated = self._usage_of(provider, reply, ctx, exact_input)
+        cost = provider.calculate_cost(ctx.model, usage)
+        record = CallRecord(
+            ctx.request_id, self.principal, ctx.provider, ctx.model, "ok", usage, cost, latency, estimated
+        )
+        await self._settle(hold, ctx, record)
+        result = ChatResult(
+            reply.text, ctx.model, ctx.provider, usage, cost, latency, ctx.request_id, reply.finish_reason,
+            cost_estimated=estimated,
+        )  # fmt: skip
+        self._calls.append(result)
+        return result
+
+    def _usage_of(
+        self, provider: Provider, reply: ProviderReply, ctx: CallContext, exact_input: bool
+    ) -> tuple[Usage, bool]:
+        """The usage the provider billed; without one, a conservative estimate flagged as such."""
+        if reply.usage is not None and (reply.usage.input_tokens or reply.usage.output_tokens):
+            return reply.usage, False
+        if reply.text:
+            log.warning(
+                "provider returned text but no usage; charging a conservative estimate",
+                extra={"provider": ctx.provider, "model": ctx.model, "request_id": ctx.request_id},
+            )
+        exact = exact_input and provider.provider_type == "openai"
+        output = conservative_text_tokens(reply.text, ctx.model, exact_tokenizer=exact)
+        input_tokens = (
+            reply.usage.input_tokens if reply.usage and reply.usage.input_tokens else ctx.input_tokens
+        )
+        return Usage(input_tokens=input_tokens, output_tokens=output), True
+
+    async def _settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
+        self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
+        self.tokens.record(ctx.model, record.usage)
+        if self._ledger is not None:
+            await self._ledger.settle(hold, record)
+
+    async def _charge_failure(
+        self,
+        provider: Provider,
+        ctx: CallContext,
+        hold: Any,
+        exc: BaseException,
+        outcome: Any,
+        partial: ProviderReply | None,
+        latency: float,
+    ) -> None:
+        code = exc.code if isinstance(exc, BotError) else type(exc).__name__
+        if partial is not None:
+            # A stream cut after the provider produced text was billed: charge what was used.
+            usage, estimated = self._usage_of(provider, partial, ctx, exact_input=True)
+            cost = provider.calculate_cost(ctx.model, usage)
+            self.costs.settle(ctx.worst_case_usd, cost, ctx.model)
+            self.tokens.record(ctx.model, usage)
+            record = CallRecord(
+                ctx.request_id, self.principal, ctx.provider, ctx.model, outcome, usage, cost, latency,
+                estimated, code,
+            )  # fmt: skip
+        else:
+            self.costs.release(ctx.worst_case_usd)
+            record = CallRecord(
+                ctx.request_id,
+                self.principal,
+                ctx.provider,
+                ctx.model,
+                outcome,
+                latency_ms=latency,
+                error_code=code,
+            )
+        if self._ledger is not None:
+            await self._ledger.release(hold, record)
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def export_to_dict(self) -> dict[str, Any]:
+        """Everything about the session as JSON-friendly data (no secrets, money as strings)."""
+        stats = self.tokens.stats()
+        return {
+            "session_id": self.session_id,
+            "principal": self.principal.label,
+            "started_at": self._started_at.isoformat() if self._started_at else None,
+            "duration_seconds": round(self.duration, 3),
+            "is_active": self.is_active,
+            "request_count": self.request_count,
+            "tokens_used": self.tokens_used,
+            "usage": self.tokens.total.to_dict(),
+            "token_stats": {
+                "min": stats.minimum,
+                "max": stats.maximum,
+                "mean": stats.mean,
+                "median": stats.median,
+            },
+            "cost_usd": str(self.cost_usd),
+            "costs": self.costs.breakdown(),
+            "alerts": {"triggered": self.alerts.triggered, "pending": self.alerts.pending},
+            "calls": [c.to_dict() for c in self._calls],
+        }
+
+    def export_to_json(self, *, indent: int | None = 2) -> str:
+        """``export_to_dict()`` as a JSON string."""
+        return json.dumps(self.export_to_dict(), indent=indent)

@@ -1,0 +1,77 @@
+"""Shared fixtures: the fake upstream on loopback, and a fail-closed guard against real APIs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from bot.core.config import AppConfig
+from bot.core.factory import SessionFactory
+from tests.fakes.upstream import FakeUpstream
+
+API_KEY = "test-key"
+
+#: Variables that could point a test at a real, paid API; every test runs without them.
+_REAL_API_VARS = (
+    "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+    "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "BOT_CONFIG",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_real_apis(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in _REAL_API_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    """One fake OpenAI + Anthropic server for the whole run."""
+    with FakeUpstream(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The fake upstream, clean for this test."""
+    upstream.reset()
+    yield upstream
+    upstream.reset()
+
+
+@pytest.fixture
+def fake_env(fake: FakeUpstream) -> dict[str, str]:
+    """The SDKs' standard variables, pointing at the fake."""
+    return {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": fake.openai_base_url,
+        "ANTHROPIC_API_KEY": API_KEY,
+        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
+    }
+
+
+def fast_config(**overrides: object) -> AppConfig:
+    """A config with quick retries, so fault tests take milliseconds."""
+    data: dict[str, object] = {
+        "retry": {"max_retries": 2, "initial_delay_seconds": 0.01, "max_delay_seconds": 0.5},
+        "providers": {
+            "openai": {"type": "openai", "timeout_seconds": 5},
+            "anthropic": {"type": "anthropic", "timeout_seconds": 5},
+        },
+    }
+    data.update(overrides)
+    return AppConfig.from_dict(data)
+
+
+@pytest.fixture
+async def factory(fake_env: dict[str, str]) -> AsyncIterator[SessionFactory]:
+    """A session factory whose providers talk to the fake."""
+    async with SessionFactory(fast_config(), env=fake_env) as f:
+        yield f
+
+
+def pytest_report_header() -> str:
+    dsn = os.environ.get("BOT_TEST_POSTGRES_DSN")
+    return f"postgres: {'enabled' if dsn else 'skipped (set BOT_TEST_POSTGRES_DSN)'}"
