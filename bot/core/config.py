@@ -205,9 +205,8 @@ class AppConfig(_Strict):
             ) from None
         except OSError as exc:
             raise ConfigurationError(f"cannot read file: {exc.strerror}", source=str(file)) from None
-        text = interpolate(raw, os.environ if env is None else env, source=str(file))
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(raw) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -216,6 +215,9 @@ class AppConfig(_Strict):
             ) from None
         if not isinstance(data, dict):
             raise ConfigurationError("the top level must be a mapping", source=str(file))
+        # Interpolating parsed values (not the raw text) leaves comments alone and keeps a value
+        # containing YAML syntax from changing the document's structure.
+        data = _interpolate_tree(data, os.environ if env is None else env, source=str(file), path="")
         return cls.from_dict(data, source=str(file))
 
     @classmethod
@@ -241,7 +243,9 @@ class AppConfig(_Strict):
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(text: str, env: Mapping[str, str], *, source: str = "config") -> str:
+def interpolate(
+    text: str, env: Mapping[str, str], *, source: str = "config", field: str | None = None
+) -> str:
     """Replace ``${VAR}`` / ``${VAR:-default}``; a missing variable without default is an error."""
 
     def sub(match: re.Match[str]) -> str:
@@ -250,14 +254,27 @@ def interpolate(text: str, env: Mapping[str, str], *, source: str = "config") ->
             return env[name]
         if default is not None:
             return default
-        line = text.count("\n", 0, match.start()) + 1
         raise ConfigurationError(
-            f"environment variable {name} is not set (used at line {line})",
+            f"environment variable {name} is not set",
             source=source,
+            field=field,
             hint=f"Export {name}, or write ${{{name}:-default}} to give a default.",
         )
 
     return _VAR.sub(sub, text)
+
+
+def _interpolate_tree(value: Any, env: Mapping[str, str], *, source: str, path: str) -> Any:
+    if isinstance(value, str):
+        return interpolate(value, env, source=source, field=path or None)
+    if isinstance(value, dict):
+        return {
+            k: _interpolate_tree(v, env, source=source, path=f"{path}.{k}" if path else str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate_tree(v, env, source=source, path=f"{path}.{i}") for i, v in enumerate(value)]
+    return value
 
 
 def _config_error(exc: pydantic.ValidationError, source: str) -> ConfigurationError:

@@ -165,6 +165,9 @@ class ProviderError(BotError):
         self.partial: Any = None
         #: Set when retrying would repeat work already delivered (a stream that had started).
         self.no_retry = False
+        #: Set when the provider answered 200 but the body was unreadable: it billed the call,
+        #: we cannot know how much, so the session charges the worst case, flagged as estimated.
+        self.billed_unknown = False
         super().__init__(message, hint=hint, provider=provider, status=status, **ctx)
 
 

@@ -350,7 +350,15 @@ class LLMSession:
         latency: float,
     ) -> None:
         code = exc.code if isinstance(exc, BotError) else type(exc).__name__
-        if partial is not None:
+        if isinstance(exc, ProviderError) and exc.billed_unknown and partial is None:
+            # Billed, amount unknown: charge the hold itself, the most the call could have cost.
+            usage = Usage(input_tokens=ctx.input_tokens, output_tokens=ctx.max_tokens)
+            self.costs.settle(ctx.worst_case_usd, ctx.worst_case_usd, ctx.model)
+            record = CallRecord(
+                ctx.request_id, self.principal, ctx.provider, ctx.model, outcome, usage, ctx.worst_case_usd,
+                latency, True, code,
+            )  # fmt: skip
+        elif partial is not None:
             # A stream cut after the provider produced text was billed: charge what was used.
             usage, estimated = self._usage_of(provider, partial, ctx, exact_input=True)
             cost = provider.calculate_cost(ctx.model, usage)

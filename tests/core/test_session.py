@@ -15,6 +15,7 @@ from bot.core import (
     ChatResult,
     ModelNotFoundError,
     ProviderConnectionError,
+    ProviderError,
     TokenLimitError,
     ValidationError,
 )
@@ -43,7 +44,9 @@ async def test_openai_call_is_priced_from_reported_usage(factory: SessionFactory
     assert session.tokens_used == result.usage.total_tokens
 
 
-async def test_anthropic_stream_reports_text_and_cache_usage(factory: SessionFactory, fake: FakeUpstream) -> None:
+async def test_anthropic_stream_reports_text_and_cache_usage(
+    factory: SessionFactory, fake: FakeUpstream
+) -> None:
     fake.cached_tokens, fake.cache_write_tokens = 7, 3
     pieces: list[str] = []
 
@@ -81,17 +84,23 @@ async def test_dry_run_calls_nothing_and_charges_nothing(factory: SessionFactory
     assert result.usage.input_tokens == fake.openai_prompt_tokens(
         {"model": "gpt-4o", "messages": [{"role": "user", "content": "count me"}]}
     )
-    assert result.cost_usd == factory.pricer.worst_case("gpt-4o", "openai", "openai", result.usage.input_tokens, 100)
+    assert result.cost_usd == factory.pricer.worst_case(
+        "gpt-4o", "openai", "openai", result.usage.input_tokens, 100
+    )
     assert fake.requests == [] and session.cost_usd == 0 and session.request_count == 0
 
 
-async def test_batch_of_200_never_overspends_a_budget_for_20(factory: SessionFactory, fake: FakeUpstream) -> None:
+async def test_batch_of_200_never_overspends_a_budget_for_20(
+    factory: SessionFactory, fake: FakeUpstream
+) -> None:
     fake.latency = 0.01  # calls overlap, as they would for real
     async with factory.create() as probe:
         one = (await probe.chat("x", model="gpt-4o-mini", max_tokens=20, dry_run=True)).cost_usd
     budget = one * 20
     async with factory.create(budget_usd=budget) as session:
-        results = await session.batch_generate(["x"] * 200, model="gpt-4o-mini", max_tokens=20, concurrency=200)
+        results = await session.batch_generate(
+            ["x"] * 200, model="gpt-4o-mini", max_tokens=20, concurrency=200
+        )
     ok = [r for r in results if isinstance(r, ChatResult)]
     refused = [r for r in results if isinstance(r, BudgetExceededError)]
     assert len(ok) + len(refused) == 200
@@ -166,7 +175,9 @@ async def test_session_must_be_entered(factory: SessionFactory) -> None:
     assert not session.is_active and session.duration == 0
 
 
-async def test_missing_usage_is_charged_as_flagged_estimate(factory: SessionFactory, fake: FakeUpstream) -> None:
+async def test_missing_usage_is_charged_as_flagged_estimate(
+    factory: SessionFactory, fake: FakeUpstream
+) -> None:
     fake.inject("no_usage")
     async with factory.create() as session:
         result = await session.chat("no usage here", model="gpt-4o-mini", max_tokens=50)
@@ -174,7 +185,9 @@ async def test_missing_usage_is_charged_as_flagged_estimate(factory: SessionFact
     assert result.usage.output_tokens == count_text_tokens(result.text, "gpt-4o-mini")
 
 
-async def test_stream_cut_after_text_charges_what_was_used(factory: SessionFactory, fake: FakeUpstream) -> None:
+async def test_stream_cut_after_text_charges_what_was_used(
+    factory: SessionFactory, fake: FakeUpstream
+) -> None:
     fake.reply_text = "one two three four five six seven eight nine ten"
     fake.inject("drop_mid_stream", path=MESSAGES)
 
@@ -208,3 +221,13 @@ async def test_export_holds_figures_and_no_secrets(factory: SessionFactory) -> N
     assert data["costs"]["budget"] == "5" and data["calls"][0]["text"] == "Echo: export me"
     assert "test-key" not in session.export_to_json()
     assert not data["is_active"] and data["duration_seconds"] >= 0
+
+
+async def test_malformed_reply_is_charged_its_worst_case_flagged(factory: SessionFactory, fake: FakeUpstream) -> None:
+    fake.inject("malformed", path=CHAT)
+    async with factory.create(budget_usd=Decimal("1")) as session:
+        with pytest.raises(ProviderError, match="malformed"):
+            await session.chat("hi", model="gpt-4o-mini", max_tokens=10)
+    assert len(fake.requests_to(CHAT)) == 1  # never retried: the provider billed it already
+    worst = factory.pricer.worst_case("gpt-4o-mini", "openai", "openai", session.tokens.total.input_tokens, 10)
+    assert session.cost_usd == worst and session.costs.reserved == 0

@@ -99,12 +99,19 @@ def map_sdk_error(
         return ProviderError(
             f"{provider} refused the request (HTTP {status}): {message}", provider=provider, status=status
         )
-    if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError)):
-        return ProviderError(f"{provider} sent a response that could not be read", provider=provider)
+    if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError, ValueError)):
+        # A 200 whose body is unreadable (bad JSON or SSE data): the provider did the work and
+        # billed it, so a retry would pay twice.
+        err = ProviderError(
+            f"{provider} sent a malformed response that could not be read",
+            provider=provider,
+            status=200,
+            hint="This is on the provider's side; the call was charged at its worst case to be safe.",
+        )
+        err.no_retry = err.billed_unknown = True
+        return err
     if isinstance(exc, (openai.OpenAIError, anthropic.AnthropicError)):
         return ProviderError(f"{provider} call failed: {exc}", provider=provider)
-    if isinstance(exc, ValueError):  # malformed JSON or SSE data from the upstream
-        return ProviderError(f"{provider} sent a malformed response: {exc}", provider=provider)
     raise exc
 
 

@@ -111,7 +111,9 @@ class OpenAIProvider(Provider):
                         parts.append(choice.delta.content)
                         await request.on_text(choice.delta.content)
             if finish is None:
-                raise ProviderConnectionError("the stream ended before a finish_reason", provider=self.provider_name)
+                raise ProviderConnectionError(
+                    "the stream ended before a finish_reason", provider=self.provider_name
+                )
         except Exception as exc:
             err = map_sdk_error(
                 exc, provider=self.provider_name, model=request.model, known_models=self.supported_models

@@ -1,0 +1,11 @@
+"""The persistent ledger: every call's cost, scoped periodic budgets that can never be overspent.
+
+Budgets are checked and held atomically before a call (``Ledger.reserve``), charged at the real
+cost after it (``settle``) or freed (``release``); the ledger runs on SQLite or PostgreSQL.
+"""
+
+from bot.core.ledger.ledger import Clock, Ledger
+from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.periods import period_bounds
+
+__all__ = ["Alert", "BudgetStatus", "Clock", "Hold", "Ledger", "SpendRow", "Totals", "period_bounds"]

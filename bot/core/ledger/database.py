@@ -1,0 +1,156 @@
+"""One async SQLAlchemy engine over SQLite or PostgreSQL, and the transactions the ledger runs on it.
+
+SQLite (aiosqlite): WAL so readers never block the writer; ``busy_timeout`` so a second process
+waits for the write lock instead of failing; every write transaction starts with
+``BEGIN IMMEDIATE`` (SQLAlchemy's documented recipe: the driver's own BEGIN is switched off with
+``isolation_level = None`` and the ``begin`` event emits ours), so the check-and-reserve of one
+transaction can never interleave with another writer's. Within one process, writers also queue on
+an ``asyncio.Lock``: SQLite's busy handler polls with sleeps, far slower than a queue.
+
+PostgreSQL (asyncpg): READ COMMITTED. Reservations lock each budget row with a conditional UPDATE,
+in id order, so concurrent replicas serialise per row and never deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from bot.core.config import DatabaseConfig
+from bot.core.errors import ConfigurationError
+
+__all__ = ["Backend", "Database", "normalise_url"]
+
+Backend = Literal["sqlite", "postgresql"]
+
+#: How long a SQLite writer waits for another process's write lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_BEGIN_OPTION = "ledger_sqlite_begin"
+
+
+def normalise_url(raw: str) -> tuple[URL, Backend]:
+    """Parse a database URL and pick the async driver the ledger uses for it."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(
+            f"cannot parse database url '{raw}'",
+            field="database.url",
+            hint="Use sqlite+aiosqlite:///path/to/bot.db or postgresql+asyncpg://user@host/db.",
+        ) from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+            raise ConfigurationError(
+                "an in-memory SQLite ledger would be lost at exit and cannot be shared between connections",
+                field="database.url",
+                hint="Give a file path, e.g. sqlite+aiosqlite:///data/bot.db.",
+            )
+        return url.set(drivername="sqlite+aiosqlite"), "sqlite"
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+asyncpg"), "postgresql"
+    raise ConfigurationError(
+        f"unsupported database '{backend}'",
+        field="database.url",
+        hint="The ledger runs on SQLite (sqlite+aiosqlite:///...) or PostgreSQL (postgresql+asyncpg://...).",
+    )
+
+
+def _install_sqlite_events(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Stop the driver from issuing its own (deferred) BEGIN; _on_begin issues ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed charge survives power loss too; the ledger is money.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """The engine plus the two kinds of transaction the ledger needs: write and read."""
+
+    def __init__(self, engine: AsyncEngine, backend: Backend) -> None:
+        self.engine = engine
+        self.backend: Backend = backend
+        self._write_lock = asyncio.Lock() if backend == "sqlite" else None
+
+    @classmethod
+    def connect(cls, config: DatabaseConfig) -> Database:
+        """Create the engine for ``config.url`` (no connection is made yet)."""
+        url, backend = normalise_url(config.url)
+        if backend == "sqlite":
+            assert url.database is not None
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(url, pool_size=5, max_overflow=10)
+            _install_sqlite_events(engine)
+        else:
+            # Enough connections that contention is on rows, not on the pool.
+            engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=60)
+        return cls(engine, backend)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True on SQLite."""
+        return self.backend == "sqlite"
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed on normal exit, rolled back on an exception."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (a consistent snapshot; on SQLite it takes no write lock)."""
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+            async with conn.begin():
+                yield conn
+
+    def insert_ignore(self, table: sa.Table, conflict: Sequence[str]) -> sa.Insert:
+        """``INSERT … ON CONFLICT (conflict) DO NOTHING`` in this database's dialect."""
+        if self.is_sqlite:
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+
+    def upsert(self, table: sa.Table, conflict: Sequence[str], update: Sequence[str]) -> sa.Insert:
+        """``INSERT … ON CONFLICT (conflict) DO UPDATE SET`` each of ``update`` to the new value."""
+        stmt = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: stmt.excluded[c] for c in update}
+        )
+
+    def epoch_seconds(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """Seconds since the Unix epoch of a ``UTCDateTime`` column, as an SQL expression."""
+        if self.is_sqlite:
+            return sa.cast(sa.func.strftime("%s", column), sa.BigInteger)
+        return sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()

@@ -1,0 +1,380 @@
+"""``Ledger``: reserve before a call, settle or release after it, and never overspend a budget.
+
+The life of a call::
+
+    hold = await ledger.reserve(principal, max_cost, request_id=rid, model=m, provider=p)
+    try:
+        result = await call_the_model()
+    except BaseException:
+        await ledger.release(hold, failed_record)   # in finally: a missed release leaks the hold
+        raise
+    await ledger.settle(hold, ok_record)            # charges the real cost, returns new alerts
+
+``reserve`` checks and holds every applicable budget in one transaction, all or nothing, so N
+concurrent callers can never all see the same room (see design-notes "Money"). A refused call is
+not written by ``reserve``; the caller records it with ``record()``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Self
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.core.config import BudgetConfig, DatabaseConfig
+from bot.core.errors import BudgetExceededError, ConfigurationError
+from bot.core.ledger import queries, store
+from bot.core.ledger.database import Database
+from bot.core.ledger.migrations import migrate
+from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
+from bot.core.ledger.schema import budget_periods, from_nanos, hold_items, holds, to_nanos
+from bot.core.types import CallRecord, Principal
+
+__all__ = ["Clock", "Ledger"]
+
+#: Returns the current time as an aware UTC datetime; injectable so tests never sleep.
+Clock = Callable[[], datetime]
+
+#: Expired holds released per sweep transaction (keeps each transaction short).
+_SWEEP_BATCH = 500
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ledger:
+    """The persistent ledger: calls, budget periods, holds and alerts, on SQLite or PostgreSQL.
+
+    Create it with ``await Ledger.open(config, budgets)`` (or ``async with await Ledger.open(...)``)
+    and close it with ``await ledger.close()``.
+    """
+
+    def __init__(
+        self, db: Database, config: DatabaseConfig, budgets: Sequence[BudgetConfig], clock: Clock
+    ) -> None:
+        """Use ``Ledger.open``, which also migrates the database."""
+        self._db = db
+        self._config = config
+        self._budgets = tuple(budgets)
+        self._by_name = {b.name: b for b in self._budgets}
+        self._tz = ZoneInfo(config.timezone)
+        self._clock = clock
+        self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
+        # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
+        self._period_ids: dict[store.PeriodKey, int] = {}
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, config: DatabaseConfig, budgets: Sequence[BudgetConfig], *, clock: Clock | None = None
+    ) -> Ledger:
+        """Connect to ``config.url``, apply pending migrations, and return a ready ledger."""
+        names = [b.name for b in budgets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigurationError(
+                f"budget names must be unique; repeated: {', '.join(dupes)}", field="budgets"
+            )
+        db = Database.connect(config)
+        try:
+            await migrate(db)
+        except BaseException:
+            await db.dispose()
+            raise
+        return cls(db, config, budgets, clock or _utc_now)
+
+    async def close(self) -> None:
+        """Close every database connection."""
+        await self._db.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._db.backend
+
+    @property
+    def budgets(self) -> tuple[BudgetConfig, ...]:
+        """The configured budgets."""
+        return self._budgets
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the ledger clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    def _targets(
+        self, principal: Principal, model: str | None, provider: str | None, now: datetime
+    ) -> list[Target]:
+        keys = call_scope_keys(principal, model=model, provider=provider)
+        return applicable_budgets(self._budgets, keys, now, self._tz)
+
+    # -- reserve / settle / release ------------------------------------------------------------
+
+    async def reserve(
+        self, principal: Principal, amount: Decimal, *, request_id: str, model: str, provider: str
+    ) -> Hold:
+        """Hold ``amount`` against every budget that applies to this call, or refuse.
+
+        All or nothing, in one transaction. Raises ``BudgetExceededError`` naming the budget that
+        lacks room (after freeing expired holds and trying once more); nothing is written then.
+        """
+        nanos = to_nanos(amount)
+        for attempt in (1, 2):
+            try:
+                return await self._try_reserve(principal, nanos, request_id, model, provider)
+            except BudgetExceededError:
+                # A crashed process's holds must not block past their expiry: sweep, then retry once.
+                if attempt == 2 or await self.sweep_expired() == 0:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _try_reserve(
+        self, principal: Principal, nanos: int, request_id: str, model: str, provider: str
+    ) -> Hold:
+        now = self._now()
+        targets = self._targets(principal, model, provider, now)
+        hold = Hold(
+            id=uuid.uuid4().hex,
+            request_id=request_id,
+            amount=from_nanos(nanos),
+            created_at=now,
+            expires_at=now + self._ttl,
+        )
+        try:
+            async with self._db.write() as conn:
+                limits = await store.effective_limits(conn, targets)
+                ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
+                row_ids = sorted(set(ids.values()))
+                # The hold goes in first: it locks no budget row, so row locks are held briefly.
+                await conn.execute(
+                    holds.insert().values(
+                        id=hold.id,
+                        request_id=request_id,
+                        amount_nano_usd=nanos,
+                        created_at=now,
+                        expires_at=hold.expires_at,
+                    )
+                )
+                if row_ids:
+                    await conn.execute(
+                        hold_items.insert(), [{"hold_id": hold.id, "budget_period_id": i} for i in row_ids]
+                    )
+                limit_of = {ids[t.key]: limits[t.key] for t in targets}
+                target_of = {ids[t.key]: t for t in targets}
+                # Ascending id order: two replicas lock shared rows in the same order, so no deadlock.
+                for row_id in row_ids:
+                    await self._reserve_row(conn, row_id, nanos, limit_of[row_id], target_of[row_id])
+        except IntegrityError as exc:
+            if "request_id" in str(exc.orig) or "holds" in str(exc.orig):
+                raise ValueError(f"request_id '{request_id}' already has a hold") from None
+            raise
+        self._period_ids.update(ids)  # only after commit: a rolled-back insert has no id to keep
+        return Hold(
+            id=hold.id,
+            request_id=request_id,
+            amount=hold.amount,
+            created_at=now,
+            expires_at=hold.expires_at,
+            budget_period_ids=tuple(row_ids),
+        )
+
+    async def _reserve_row(
+        self, conn: AsyncConnection, row_id: int, nanos: int, limit: int, target: Target
+    ) -> None:
+        bp = budget_periods.c
+        # The check and the hold in one statement: on PostgreSQL the row lock makes a concurrent
+        # reserver re-evaluate the WHERE against our committed result; on SQLite we are the only
+        # writer. The limit is written too, so a limit changed in config applies to this period.
+        result = await conn.execute(
+            sa.update(budget_periods)
+            .where(bp.id == row_id, bp.spent_nano_usd + bp.reserved_nano_usd + nanos <= limit)
+            .values(reserved_nano_usd=bp.reserved_nano_usd + nanos, limit_nano_usd=limit)
+        )
+        if result.rowcount == 1:
+            return
+        row = (
+            await conn.execute(sa.select(bp.spent_nano_usd, bp.reserved_nano_usd).where(bp.id == row_id))
+        ).one()
+        # Raising inside the transaction rolls back the holds taken on earlier rows.
+        raise BudgetExceededError(
+            budget=budget_label(target.budget.name, target.budget.scope, target.scope_key),
+            limit=from_nanos(limit),
+            spent=from_nanos(row.spent_nano_usd),
+            reserved=from_nanos(row.reserved_nano_usd),
+            requested=from_nanos(nanos),
+            resets_at=target.period_end,
+        )
+
+    async def settle(self, hold: Hold, record: CallRecord) -> list[Alert]:
+        """Charge the call's real cost (``record.cost_usd``) in place of its hold, and write its row.
+
+        One transaction: the hold is freed, the cost is added to every budget it held (even when it
+        is more than was held: money spent is always recorded), the calls row is written and any
+        alert threshold reached is queued. Returns the alerts created. A second settle (or release)
+        of the same request is a no-op.
+        """
+        return await self._finish(hold, record)
+
+    async def release(self, hold: Hold, record: CallRecord | None = None) -> list[Alert]:
+        """Free a hold without a successful call; write ``record`` (failed/cancelled) if given.
+
+        If the provider billed tokens before failing, ``record.cost_usd`` is charged as spent.
+        Idempotent per request: releasing twice, or after settle, changes nothing.
+        """
+        return await self._finish(hold, record)
+
+    async def _finish(self, hold: Hold, record: CallRecord | None) -> list[Alert]:
+        if record is not None and record.request_id != hold.request_id:
+            raise ValueError(
+                f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
+            )
+        now = self._now()
+        async with self._db.write() as conn:
+            # The calls row first: its unique request_id makes a repeated settle a no-op charge.
+            new_row = record is not None and await store.insert_call(conn, self._db, record)
+            spend = to_nanos(record.cost_usd) if new_row and record is not None else 0
+            claimed = await store.claim_hold(conn, hold.id)
+            if claimed is not None:
+                held, row_ids = claimed
+                unreserve = dict.fromkeys(row_ids, held)
+            else:
+                # Already swept after expiry (or released): the call still cost money, so charge
+                # the budgets the hold was for.
+                row_ids, unreserve = list(hold.budget_period_ids), {}
+            rows = await store.charge_rows(conn, row_ids, unreserve=unreserve, spend=spend)
+            if spend == 0:
+                return []
+            return await store.insert_alerts(conn, self._db, rows, self._by_name, now)
+
+    async def record(self, record: CallRecord) -> None:
+        """Write a call that had no hold, e.g. a refused call at $0. Idempotent per request_id.
+
+        A non-zero cost is charged to the applicable budgets of the current period (no limit
+        check: it is already spent), so budget totals always equal the sum of the calls rows.
+        """
+        now = self._now()
+        spend = to_nanos(record.cost_usd, what="cost_usd")
+        async with self._db.write() as conn:
+            if not await store.insert_call(conn, self._db, record) or spend == 0:
+                return
+            targets = self._targets(record.principal, record.model, record.provider, now)
+            limits = await store.effective_limits(conn, targets)
+            ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
+            rows = await store.charge_rows(conn, ids.values(), unreserve={}, spend=spend)
+            await store.insert_alerts(conn, self._db, rows, self._by_name, now)
+        self._period_ids.update(ids)
+
+    async def sweep_expired(self) -> int:
+        """Release every hold whose expiry has passed; return how many were released."""
+        now = self._now()
+        async with self._db.read() as conn:
+            # A cheap read first, so the common case takes no write lock.
+            expired = await conn.execute(sa.select(holds.c.id).where(holds.c.expires_at <= now).limit(1))
+            if expired.first() is None:
+                return 0
+        released = 0
+        while True:
+            async with self._db.write() as conn:
+                batch = sa.select(holds.c.id).where(holds.c.expires_at <= now).order_by(holds.c.id)
+                claimed = (
+                    await conn.execute(
+                        sa.delete(holds)
+                        .where(holds.c.id.in_(batch.limit(_SWEEP_BATCH).scalar_subquery()))
+                        .returning(holds.c.id, holds.c.amount_nano_usd)
+                    )
+                ).all()
+                if not claimed:
+                    return released
+                amount_of = {r.id: int(r.amount_nano_usd) for r in claimed}
+                items = await conn.execute(
+                    sa.delete(hold_items)
+                    .where(hold_items.c.hold_id.in_(list(amount_of)))
+                    .returning(hold_items.c.hold_id, hold_items.c.budget_period_id)
+                )
+                give_back: dict[int, int] = {}
+                for item in items:
+                    row_id = int(item.budget_period_id)
+                    give_back[row_id] = give_back.get(row_id, 0) + amount_of[item.hold_id]
+                await store.charge_rows(conn, give_back, unreserve=give_back, spend=0)
+            released += len(claimed)
+            if len(claimed) < _SWEEP_BATCH:
+                return released
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def status(
+        self, principal: Principal, *, model: str | None = None, provider: str | None = None
+    ) -> list[BudgetStatus]:
+        """Where every budget that applies to this principal (and model/provider) stands now."""
+        now = self._now()
+        targets = self._targets(principal, model, provider, now)
+        return await queries.status(self._db, targets, now)
+
+    async def status_all(self) -> list[BudgetStatus]:
+        """Every budget row of the current periods (one per scope key of a per-key budget)."""
+        now = self._now()
+        return await queries.status_all(self._db, self._budgets, now, self._tz)
+
+    async def spend_by_model(self, start: datetime, end: datetime) -> list[SpendRow]:
+        """Spend per (provider, model) of calls created in ``[start, end)``, largest first."""
+        return await queries.spend_by_model(self._db, start, end)
+
+    async def spend_by_user(self, start: datetime, end: datetime) -> list[SpendRow]:
+        """Spend per user (``team:user`` key, as in budgets) of calls in ``[start, end)``, largest first."""
+        return await queries.spend_by_user(self._db, start, end)
+
+    async def spend_by_day(self, start: datetime, end: datetime) -> list[SpendRow]:
+        """Spend per local day (ISO date in the configured zone) of calls in ``[start, end)``."""
+        return await queries.spend_by_day(self._db, start, end, self._tz)
+
+    async def totals(self, start: datetime | None = None, end: datetime | None = None) -> Totals:
+        """Cost, calls and tokens in ``[start, end)`` (all time by default), also by outcome."""
+        return await queries.totals(self._db, start, end)
+
+    async def pending_alerts(self, limit: int = 100) -> list[Alert]:
+        """Alerts not delivered yet, oldest first."""
+        return await queries.pending_alerts(self._db, limit)
+
+    async def mark_alert_delivered(self, alert_id: int) -> bool:
+        """Mark an alert delivered; False if it already was (another replica sent it) or is unknown."""
+        return await queries.mark_alert_delivered(self._db, alert_id, self._now())
+
+    async def mark_alert_failed(self, alert_id: int) -> None:
+        """Count a failed delivery attempt of an alert (it stays pending)."""
+        await queries.mark_alert_failed(self._db, alert_id)
+
+    async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
+        """Override a budget's limit persistently (wins over config) and apply it to the current period.
+
+        ``scope_key`` picks one key of a per-key budget (e.g. one user); None overrides every key.
+        """
+        budget = self._by_name.get(name)
+        if budget is None:
+            raise ConfigurationError(
+                f"unknown budget '{name}'",
+                hint=f"Known budgets: {', '.join(sorted(self._by_name)) or '(none)'}.",
+            )
+        nanos = to_nanos(limit, what="limit")
+        if nanos == 0:
+            raise ValueError("a budget limit must be greater than zero")
+        await queries.set_budget_limit(self._db, budget, scope_key, nanos, self._now(), self._tz)

@@ -1,0 +1,153 @@
+"""Versioned schema migrations: numbered functions, each applied once and recorded.
+
+``migrate()`` runs from ``Ledger.open()`` only. It is safe when several processes start at once:
+on PostgreSQL it holds a transaction-scoped advisory lock, on SQLite ``BEGIN IMMEDIATE`` makes it
+the only writer; both databases run DDL inside the transaction, so a migration is all or nothing.
+
+To change the schema: add ``m00N_what(conn)`` below and to ``MIGRATIONS``, and change ``schema.py``
+to match. Never edit an applied migration: m001 spells out its tables instead of reusing
+``schema.py`` so that it keeps creating exactly version 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from bot.core.ledger.database import Database
+from bot.core.ledger.schema import UTCDateTime, schema_migrations
+
+__all__ = ["MIGRATIONS", "Migration", "m001_initial", "migrate"]
+
+#: A migration: runs DDL/DML on a synchronous connection inside the migration transaction.
+Migration = Callable[[sa.Connection], None]
+
+#: Key of the PostgreSQL advisory lock that serialises migrations ("ledger" in ASCII).
+ADVISORY_LOCK_KEY = 0x6C6564676572
+
+
+def m001_initial(conn: sa.Connection) -> None:
+    """Create the version-1 tables: calls, budget_periods, holds, hold_items, alerts, overrides."""
+    md = sa.MetaData()
+    id_ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    money = sa.BigInteger
+    sa.Table(
+        "calls",
+        md,
+        sa.Column("id", id_, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+        sa.Column("surface", sa.String(32), nullable=False),
+        sa.Column("principal", sa.String(512), nullable=False),
+        sa.Column("team_id", sa.String(255)),
+        sa.Column("user_id", sa.String(255)),
+        sa.Column("channel_id", sa.String(255)),
+        sa.Column("client_id", sa.String(255)),
+        sa.Column("provider", sa.String(100), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        *(
+            sa.Column(f"{kind}_tokens", sa.BigInteger, nullable=False)
+            for kind in ("input", "output", "cache_read", "cache_write", "reasoning")
+        ),
+        sa.Column("cost_nano_usd", money, nullable=False),
+        sa.Column("cost_estimated", sa.Boolean, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("error_code", sa.String(100)),
+        sa.CheckConstraint("outcome IN ('ok', 'refused', 'error', 'cancelled')", name="ck_calls_outcome"),
+        sa.CheckConstraint("cost_nano_usd >= 0", name="ck_calls_cost"),
+    )
+    sa.Table(
+        "budget_periods",
+        md,
+        sa.Column("id", id_, primary_key=True, autoincrement=True),
+        sa.Column("budget", sa.String(100), nullable=False),
+        sa.Column("scope", sa.String(16), nullable=False),
+        sa.Column("scope_key", sa.String(512), nullable=False),
+        sa.Column("period", sa.String(16), nullable=False),
+        sa.Column("period_start", UTCDateTime(), nullable=False),
+        sa.Column("period_end", UTCDateTime()),
+        sa.Column("limit_nano_usd", money, nullable=False),
+        sa.Column("spent_nano_usd", money, nullable=False),
+        sa.Column("reserved_nano_usd", money, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.UniqueConstraint(
+            "budget", "scope", "scope_key", "period", "period_start", name="uq_budget_periods"
+        ),
+    )
+    sa.Table(
+        "holds",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+        sa.Column("amount_nano_usd", money, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    )
+    sa.Table(
+        "hold_items",
+        md,
+        sa.Column("hold_id", sa.String(32), primary_key=True),
+        sa.Column("budget_period_id", id_, sa.ForeignKey("budget_periods.id"), primary_key=True),
+    )
+    sa.Table(
+        "alerts",
+        md,
+        sa.Column("id", id_, primary_key=True, autoincrement=True),
+        sa.Column("budget", sa.String(100), nullable=False),
+        sa.Column("scope", sa.String(16), nullable=False),
+        sa.Column("scope_key", sa.String(512), nullable=False),
+        sa.Column("period", sa.String(16), nullable=False),
+        sa.Column("period_start", UTCDateTime(), nullable=False),
+        sa.Column("threshold", sa.Float, nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("fraction", sa.Float, nullable=False),
+        sa.Column("spent_nano_usd", money, nullable=False),
+        sa.Column("limit_nano_usd", money, nullable=False),
+        sa.Column("channel", sa.String(255)),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("delivered_at", UTCDateTime(), index=True),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.UniqueConstraint(
+            "budget", "scope", "scope_key", "period", "period_start", "threshold", name="uq_alerts_once"
+        ),
+    )
+    sa.Table(
+        "budget_overrides",
+        md,
+        sa.Column("budget", sa.String(100), primary_key=True),
+        sa.Column("scope_key", sa.String(512), primary_key=True),
+        sa.Column("limit_nano_usd", money, nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+    )
+    md.create_all(conn)
+
+
+#: Every migration, in order: (version, name, function).
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = ((1, "m001_initial", m001_initial),)
+
+
+def _apply_pending(conn: sa.Connection) -> list[str]:
+    schema_migrations.create(conn, checkfirst=True)
+    done = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
+    applied = []
+    for version, name, migration in MIGRATIONS:
+        if version in done:
+            continue
+        migration(conn)
+        conn.execute(
+            schema_migrations.insert().values(version=version, name=name, applied_at=datetime.now(UTC))
+        )
+        applied.append(name)
+    return applied
+
+
+async def migrate(db: Database) -> list[str]:
+    """Apply every pending migration in one transaction; return the names applied (often none)."""
+    async with db.write() as conn:
+        if not db.is_sqlite:
+            # Held until commit: a second process starting now waits, then finds nothing to do.
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        return await conn.run_sync(_apply_pending)

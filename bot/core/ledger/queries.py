@@ -1,0 +1,312 @@
+"""Read-side queries for the faces (status, spend reports, the alert outbox) and admin overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from bot.core.config import BudgetConfig
+from bot.core.ledger import store
+from bot.core.ledger.database import Database
+from bot.core.ledger.models import Alert, BudgetStatus, SpendRow, Totals
+from bot.core.ledger.periods import Target, period_bounds
+from bot.core.ledger.schema import alerts, budget_overrides, budget_periods, calls, from_nanos
+
+__all__ = [
+    "mark_alert_delivered",
+    "mark_alert_failed",
+    "pending_alerts",
+    "set_budget_limit",
+    "spend_by_day",
+    "spend_by_model",
+    "spend_by_user",
+    "status",
+    "status_all",
+    "totals",
+]
+
+_bp = budget_periods.c
+_c = calls.c
+#: Width of the UTC buckets spend_by_day sums in SQL before assigning them to local days: every
+#: real zone offset and DST transition falls on a quarter hour.
+_BUCKET_SECONDS = 900
+
+
+def _budget_status(
+    budget: BudgetConfig,
+    scope_key: str,
+    start: datetime,
+    end: datetime | None,
+    limit: int,
+    spent: int,
+    reserved: int,
+    now: datetime,
+) -> BudgetStatus:
+    projected = None
+    if end is not None:
+        # Linear projection in integer microseconds and nano-dollars: exact, no float.
+        elapsed = max((now - start) // timedelta(microseconds=1), 1)
+        length = (end - start) // timedelta(microseconds=1)
+        projected = from_nanos(spent * length // elapsed if elapsed < length else spent)
+    return BudgetStatus(
+        name=budget.name,
+        scope=budget.scope,
+        scope_key=scope_key,
+        period=budget.period,
+        limit=from_nanos(limit),
+        spent=from_nanos(spent),
+        reserved=from_nanos(reserved),
+        remaining=from_nanos(max(0, limit - spent - reserved)),
+        fraction_used=spent / limit if limit else 1.0,
+        period_start=None if end is None else start,
+        resets_at=end,
+        projected_spend=projected,
+        channel=budget.channel,
+    )
+
+
+async def status(db: Database, targets: Sequence[Target], now: datetime) -> list[BudgetStatus]:
+    """Status of each target; a period with no row yet shows as untouched (read-only: no row made)."""
+    if not targets:
+        return []
+    async with db.read() as conn:
+        limits = await store.effective_limits(conn, targets)
+        rows = await conn.execute(
+            sa.select(
+                _bp.budget, _bp.scope, _bp.scope_key, _bp.period, _bp.period_start,
+                _bp.spent_nano_usd, _bp.reserved_nano_usd,
+            ).where(sa.or_(*(_target_filter(t) for t in targets)))
+        )  # fmt: skip
+        found = {(r.budget, r.scope, r.scope_key, r.period, r.period_start): r for r in rows}
+    result = []
+    for t in targets:
+        row = found.get(t.key)
+        spent, reserved = (int(row.spent_nano_usd), int(row.reserved_nano_usd)) if row else (0, 0)
+        result.append(
+            _budget_status(
+                t.budget, t.scope_key, t.period_start, t.period_end, limits[t.key], spent, reserved, now
+            )
+        )
+    return result
+
+
+def _target_filter(t: Target) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        _bp.budget == t.budget.name,
+        _bp.scope == t.budget.scope,
+        _bp.scope_key == t.scope_key,
+        _bp.period == t.budget.period,
+        _bp.period_start == t.period_start,
+    )
+
+
+async def status_all(
+    db: Database, budgets: Sequence[BudgetConfig], now: datetime, tz: ZoneInfo
+) -> list[BudgetStatus]:
+    """Status of every budget row of the current periods, by budget name then scope key."""
+    if not budgets:
+        return []
+    bounds = {b.name: period_bounds(b.period, now, tz) for b in budgets}
+    current = sa.or_(
+        *(
+            sa.and_(
+                _bp.budget == b.name,
+                _bp.scope == b.scope,
+                _bp.period == b.period,
+                _bp.period_start == bounds[b.name][0],
+            )
+            for b in budgets
+        )
+    )
+    by_name = {b.name: b for b in budgets}
+    async with db.read() as conn:
+        overrides = await store.load_overrides(conn, by_name)
+        rows = (
+            await conn.execute(sa.select(budget_periods).where(current).order_by(_bp.budget, _bp.scope_key))
+        ).all()
+    result = []
+    for r in rows:
+        budget = by_name[r.budget]
+        start, end = bounds[r.budget]
+        limit = store.pick_limit(overrides, budget, r.scope_key)
+        result.append(
+            _budget_status(
+                budget, r.scope_key, start, end, limit, int(r.spent_nano_usd), int(r.reserved_nano_usd), now
+            )
+        )
+    return result
+
+
+def _aggregates() -> list[sa.ColumnElement[Any]]:
+    return [
+        sa.func.count().label("calls"),
+        *(
+            sa.func.coalesce(sa.func.sum(col), 0).label(col.name)
+            for col in (
+                _c.cost_nano_usd,
+                _c.input_tokens,
+                _c.output_tokens,
+                _c.cache_read_tokens,
+                _c.cache_write_tokens,
+                _c.reasoning_tokens,
+            )
+        ),
+    ]
+
+
+_SUMMED = (
+    "calls",
+    "cost_nano_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def _spend_row(key: str, row: Any, provider: str | None = None) -> SpendRow:
+    return _make_row(key, {f: int(getattr(row, f)) for f in _SUMMED}, provider)
+
+
+def _sum_rows(key: str, rows: Sequence[Any]) -> SpendRow:
+    return _make_row(key, {f: sum(int(getattr(r, f)) for r in rows) for f in _SUMMED})
+
+
+def _make_row(key: str, v: dict[str, int], provider: str | None = None) -> SpendRow:
+    return SpendRow(
+        key=key,
+        calls=v["calls"],
+        cost_usd=from_nanos(v["cost_nano_usd"]),
+        input_tokens=v["input_tokens"],
+        output_tokens=v["output_tokens"],
+        cache_read_tokens=v["cache_read_tokens"],
+        cache_write_tokens=v["cache_write_tokens"],
+        reasoning_tokens=v["reasoning_tokens"],
+        provider=provider,
+    )
+
+
+def _in_range(start: datetime | None, end: datetime | None) -> list[sa.ColumnElement[bool]]:
+    for bound in (start, end):
+        if bound is not None and bound.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware datetimes")
+    where = []
+    if start is not None:
+        where.append(_c.created_at >= start)
+    if end is not None:
+        where.append(_c.created_at < end)
+    return where
+
+
+async def _grouped(db: Database, keys: Sequence[sa.ColumnElement[Any]], where: Any) -> list[Any]:
+    async with db.read() as conn:
+        stmt = sa.select(*keys, *_aggregates()).where(*where).group_by(*keys)
+        return list((await conn.execute(stmt)).all())
+
+
+def _by_cost(rows: list[SpendRow]) -> list[SpendRow]:
+    return sorted(rows, key=lambda r: (-r.cost_usd, r.key, r.provider or ""))
+
+
+async def spend_by_model(db: Database, start: datetime, end: datetime) -> list[SpendRow]:
+    """Spend per (provider, model) in ``[start, end)``, largest first."""
+    rows = await _grouped(db, [_c.provider, _c.model], _in_range(start, end))
+    return _by_cost([_spend_row(r.model, r, r.provider) for r in rows])
+
+
+async def spend_by_user(db: Database, start: datetime, end: datetime) -> list[SpendRow]:
+    """Spend per user key (``team:user`` when there is a team; ``(none)`` without a user), largest first."""
+    rows = await _grouped(db, [_c.team_id, _c.user_id], _in_range(start, end))
+    merged: dict[str, list[Any]] = {}
+    for r in rows:
+        key = "(none)" if not r.user_id else (f"{r.team_id}:{r.user_id}" if r.team_id else r.user_id)
+        merged.setdefault(key, []).append(r)
+    return _by_cost([_sum_rows(key, group) for key, group in merged.items()])
+
+
+async def spend_by_day(db: Database, start: datetime, end: datetime, tz: ZoneInfo) -> list[SpendRow]:
+    """Spend per local calendar day in ``tz`` (key: ISO date), oldest first.
+
+    SQL sums quarter-hour UTC buckets (portable: SQLite has no time zones); Python assigns each
+    bucket to its local day, which handles DST days of 23 or 25 hours.
+    """
+    bucket = db.epoch_seconds(_c.created_at).op("/")(_BUCKET_SECONDS).label("bucket")
+    rows = await _grouped(db, [bucket], _in_range(start, end))
+    days: dict[str, list[Any]] = {}
+    for r in rows:
+        instant = datetime.fromtimestamp(int(r.bucket) * _BUCKET_SECONDS, UTC)
+        days.setdefault(instant.astimezone(tz).date().isoformat(), []).append(r)
+    return [_sum_rows(day, group) for day, group in sorted(days.items())]
+
+
+async def totals(db: Database, start: datetime | None, end: datetime | None) -> Totals:
+    """Cost, calls and tokens in the range, overall and per outcome."""
+    rows = await _grouped(db, [_c.outcome], _in_range(start, end))
+    order = {"ok": 0, "refused": 1, "error": 2, "cancelled": 3}
+    rows.sort(key=lambda r: (order.get(r.outcome, 9), r.outcome))
+    by_outcome = {r.outcome: _spend_row(r.outcome, r) for r in rows}
+    return Totals(total=_sum_rows("total", rows), by_outcome=by_outcome)
+
+
+async def pending_alerts(db: Database, limit: int) -> list[Alert]:
+    """Undelivered alerts, oldest first, at most ``limit``."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(alerts).where(alerts.c.delivered_at.is_(None)).order_by(alerts.c.id).limit(limit)
+        )
+        return [store.row_to_alert(r) for r in rows]
+
+
+async def mark_alert_delivered(db: Database, alert_id: int, now: datetime) -> bool:
+    """Set ``delivered_at``; False when it was already set or the alert does not exist."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            sa.update(alerts)
+            .where(alerts.c.id == alert_id, alerts.c.delivered_at.is_(None))
+            .values(delivered_at=now, attempts=alerts.c.attempts + 1)
+        )
+        return result.rowcount == 1
+
+
+async def mark_alert_failed(db: Database, alert_id: int) -> None:
+    """Count one failed delivery attempt."""
+    async with db.write() as conn:
+        await conn.execute(
+            sa.update(alerts)
+            .where(alerts.c.id == alert_id, alerts.c.delivered_at.is_(None))
+            .values(attempts=alerts.c.attempts + 1)
+        )
+
+
+async def set_budget_limit(
+    db: Database, budget: BudgetConfig, scope_key: str | None, limit: int, now: datetime, tz: ZoneInfo
+) -> None:
+    """Store an override (``scope_key`` None means every key: ``*``) and apply it to the current rows."""
+    key = "*" if scope_key is None or budget.scope == "global" else scope_key
+    start, _ = period_bounds(budget.period, now, tz)
+    async with db.write() as conn:
+        await conn.execute(
+            db.upsert(budget_overrides, ["budget", "scope_key"], ["limit_nano_usd", "updated_at"]).values(
+                budget=budget.name, scope_key=key, limit_nano_usd=limit, updated_at=now
+            )
+        )
+        current = [
+            _bp.budget == budget.name,
+            _bp.scope == budget.scope,
+            _bp.period == budget.period,
+            _bp.period_start == start,
+        ]
+        if key == "*" and budget.scope != "global":
+            # Keys with an override of their own keep it: an exact key wins over "*".
+            exact = sa.select(budget_overrides.c.scope_key).where(
+                budget_overrides.c.budget == budget.name, budget_overrides.c.scope_key != "*"
+            )
+            current.append(_bp.scope_key.not_in(exact))
+        elif budget.scope != "global":
+            current.append(_bp.scope_key == key)
+        await conn.execute(sa.update(budget_periods).where(*current).values(limit_nano_usd=limit))

@@ -1,0 +1,217 @@
+"""The ledger's tables as the code reads and writes them today, and the types that keep them exact.
+
+Money is stored as integer nano-dollars (``*_nano_usd``, BIGINT): exact on both databases, summable
+in SQL, and comparable in the conditional ``UPDATE`` that reserves a budget. (SQLite's NUMERIC goes
+through float and would lose precision.) The API speaks ``Decimal`` only; ``to_nanos`` and
+``from_nanos`` are the one conversion point.
+
+Changing a table here needs a new numbered migration in ``migrations.py``; a test compares the
+migrated database with these definitions.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal, localcontext
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "LEDGER_TABLES",
+    "NANOS_PER_USD",
+    "UTCDateTime",
+    "alerts",
+    "budget_overrides",
+    "budget_periods",
+    "calls",
+    "from_nanos",
+    "hold_items",
+    "holds",
+    "metadata",
+    "schema_migrations",
+    "to_nanos",
+]
+
+#: Nano-dollars per dollar: the ledger's unit of account.
+NANOS_PER_USD = 10**9
+
+
+def to_nanos(amount: Decimal, *, what: str = "amount") -> int:
+    """Convert a non-negative ``Decimal`` of dollars to integer nano-dollars.
+
+    Digits beyond the ninth decimal round *up*, so a hold or a charge is never smaller than asked.
+    Floats are refused: they cannot represent most cents exactly.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, Decimal | int):
+        raise TypeError(f"{what} must be a Decimal, not {type(amount).__name__}")
+    value = Decimal(amount)
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"{what} must be a finite, non-negative number of dollars, got {amount}")
+    with localcontext() as ctx:
+        ctx.prec = 60  # enough for any BIGINT of nano-dollars: no rounding before ours
+        return int((value * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nanos(nanos: int) -> Decimal:
+    """Convert integer nano-dollars to an exact ``Decimal`` of dollars in plain notation."""
+    nanos = int(nanos)  # PostgreSQL returns SUM(bigint) as Decimal
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+    return Decimal(sign + text)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime on both databases.
+
+    SQLite has no time zones: values are stored as naive UTC text in one fixed format, so string
+    comparison orders them correctly. PostgreSQL stores ``timestamptz``. Naive input is refused
+    rather than guessed.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC (naive on SQLite)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger needs timezone-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-numbered rowid.
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Money = sa.BigInteger
+
+metadata = sa.MetaData()
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("surface", sa.String(32), nullable=False),
+    sa.Column("principal", sa.String(512), nullable=False),
+    sa.Column("team_id", sa.String(255)),
+    sa.Column("user_id", sa.String(255)),
+    sa.Column("channel_id", sa.String(255)),
+    sa.Column("client_id", sa.String(255)),
+    sa.Column("provider", sa.String(100), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cache_read_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cache_write_tokens", sa.BigInteger, nullable=False),
+    sa.Column("reasoning_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_nano_usd", _Money, nullable=False),
+    sa.Column("cost_estimated", sa.Boolean, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(100)),
+    sa.CheckConstraint("outcome IN ('ok', 'refused', 'error', 'cancelled')", name="ck_calls_outcome"),
+    sa.CheckConstraint("cost_nano_usd >= 0", name="ck_calls_cost"),
+)
+
+budget_periods = sa.Table(
+    "budget_periods",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("budget", sa.String(100), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("scope_key", sa.String(512), nullable=False),
+    sa.Column("period", sa.String(16), nullable=False),
+    sa.Column("period_start", UTCDateTime(), nullable=False),
+    sa.Column("period_end", UTCDateTime()),
+    sa.Column("limit_nano_usd", _Money, nullable=False),
+    sa.Column("spent_nano_usd", _Money, nullable=False),
+    sa.Column("reserved_nano_usd", _Money, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    # scope and period are in the key so that a budget whose scope or period changes under the same
+    # name (daily -> weekly: both can start on a Monday) never inherits the old row's spend.
+    sa.UniqueConstraint("budget", "scope", "scope_key", "period", "period_start", name="uq_budget_periods"),
+)
+
+holds = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("amount_nano_usd", _Money, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+# No foreign key to holds on purpose: settle and the sweeper claim a hold by deleting its row
+# first (whoever deletes it owns the release), then delete its items; a FK would forbid that order.
+hold_items = sa.Table(
+    "hold_items",
+    metadata,
+    sa.Column("hold_id", sa.String(32), primary_key=True),
+    sa.Column("budget_period_id", _Id, sa.ForeignKey("budget_periods.id"), primary_key=True),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("budget", sa.String(100), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("scope_key", sa.String(512), nullable=False),
+    sa.Column("period", sa.String(16), nullable=False),
+    sa.Column("period_start", UTCDateTime(), nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("fraction", sa.Float, nullable=False),
+    sa.Column("spent_nano_usd", _Money, nullable=False),
+    sa.Column("limit_nano_usd", _Money, nullable=False),
+    sa.Column("channel", sa.String(255)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime(), index=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    # The outbox key: replicas racing to create the same alert insert it once (ON CONFLICT DO NOTHING).
+    sa.UniqueConstraint(
+        "budget", "scope", "scope_key", "period", "period_start", "threshold", name="uq_alerts_once"
+    ),
+)
+
+budget_overrides = sa.Table(
+    "budget_overrides",
+    metadata,
+    sa.Column("budget", sa.String(100), primary_key=True),
+    # "*" overrides every key of the budget; an exact key wins over "*".
+    sa.Column("scope_key", sa.String(512), primary_key=True),
+    sa.Column("limit_nano_usd", _Money, nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: Every table the ledger owns, in an order safe for DROP (dependants first).
+LEDGER_TABLES = (
+    "alerts",
+    "hold_items",
+    "holds",
+    "budget_periods",
+    "budget_overrides",
+    "calls",
+    "schema_migrations",
+)
