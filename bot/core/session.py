@@ -354,6 +354,7 @@ class LLMSession:
             # Billed, amount unknown: charge the hold itself, the most the call could have cost.
             usage = Usage(input_tokens=ctx.input_tokens, output_tokens=ctx.max_tokens)
             self.costs.settle(ctx.worst_case_usd, ctx.worst_case_usd, ctx.model)
+            self.tokens.record(ctx.model, usage)
             record = CallRecord(
                 ctx.request_id, self.principal, ctx.provider, ctx.model, outcome, usage, ctx.worst_case_usd,
                 latency, True, code,
