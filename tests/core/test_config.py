@@ -93,7 +93,7 @@ def test_from_env_overrides(tmp_path: Path) -> None:
     config = AppConfig.from_env(env)
     assert config.session.default_model == "gpt-4o" and config.session.max_tokens == 77
     assert config.database.url == "sqlite+aiosqlite:///x.db"
-    with pytest.raises(ConfigurationError, match="environment.*session.max_tokens"):
+    with pytest.raises(ConfigurationError, match=r"environment.*session.max_tokens"):
         AppConfig.from_env({"BOT_MAX_TOKENS": "many"})
 
 

@@ -147,7 +147,7 @@ async def test_addons_run_around_calls_and_can_veto(factory: SessionFactory, fak
         session.add_addon(Audit())
         await session.chat("hi", model="gpt-4o-mini", max_tokens=5)
         session.add_addon(Veto())
-        with pytest.raises(AddonError, match="veto.*not on Sundays"):
+        with pytest.raises(AddonError, match=r"veto.*not on Sundays"):
             await session.chat("hi", model="gpt-4o-mini", max_tokens=5)
     assert calls[0].startswith("before gpt-4o-mini") and calls[1] == "after Echo: hi"
     assert len(fake.requests_to(CHAT)) == 1 and session.costs.reserved == 0
@@ -205,7 +205,7 @@ async def test_cancellation_releases_the_hold(factory: SessionFactory, fake: Fak
     fake.latency = 5
     async with factory.create(budget_usd=Decimal("1")) as session:
         task = asyncio.create_task(session.chat("slow", model="gpt-4o-mini", max_tokens=10))
-        while session.costs.reserved == 0:
+        while session.costs.reserved == 0:  # noqa: ASYNC110 - the hold has no event to wait on
             await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -223,11 +223,15 @@ async def test_export_holds_figures_and_no_secrets(factory: SessionFactory) -> N
     assert not data["is_active"] and data["duration_seconds"] >= 0
 
 
-async def test_malformed_reply_is_charged_its_worst_case_flagged(factory: SessionFactory, fake: FakeUpstream) -> None:
+async def test_malformed_reply_is_charged_its_worst_case_flagged(
+    factory: SessionFactory, fake: FakeUpstream
+) -> None:
     fake.inject("malformed", path=CHAT)
     async with factory.create(budget_usd=Decimal("1")) as session:
         with pytest.raises(ProviderError, match="malformed"):
             await session.chat("hi", model="gpt-4o-mini", max_tokens=10)
     assert len(fake.requests_to(CHAT)) == 1  # never retried: the provider billed it already
-    worst = factory.pricer.worst_case("gpt-4o-mini", "openai", "openai", session.tokens.total.input_tokens, 10)
+    worst = factory.pricer.worst_case(
+        "gpt-4o-mini", "openai", "openai", session.tokens.total.input_tokens, 10
+    )
     assert session.cost_usd == worst and session.costs.reserved == 0
