@@ -24,6 +24,8 @@ __all__ = [
     "CacheConfig",
     "DatabaseConfig",
     "LoggingConfig",
+    "McpClientConfig",
+    "McpConfig",
     "ModelConfig",
     "ProviderConfig",
     "RetryConfig",
@@ -153,6 +155,26 @@ class DatabaseConfig(_Strict):
         return v
 
 
+class McpClientConfig(_Strict):
+    """A named MCP client (an assistant, a team's Claude Code…) and its bearer token."""
+
+    token: SecretStr = Field(min_length=16)
+
+
+class McpConfig(_Strict):
+    """The MCP face: bearer tokens for HTTP clients, and the hosts the HTTP endpoint answers to."""
+
+    #: Client name -> token. Over HTTP a request must carry ``Authorization: Bearer <token>``;
+    #: the name becomes the principal's ``client_id`` (so ``scope: client`` budgets apply).
+    clients: dict[str, McpClientConfig] = Field(default_factory=dict)
+    #: The client name used for stdio (a local desktop client, trusted by the OS user).
+    stdio_client: str = "local"
+    #: Extra Host header values (``host`` or ``host:port``) allowed besides localhost.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: Extra Origin header values allowed besides localhost.
+    allowed_origins: list[str] = Field(default_factory=list)
+
+
 def _default_providers() -> dict[str, ProviderConfig]:
     return {"openai": ProviderConfig(type="openai"), "anthropic": ProviderConfig(type="anthropic")}
 
@@ -168,6 +190,7 @@ class AppConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> AppConfig:

@@ -7,13 +7,14 @@ which verifies their SHA-256 exactly as tiktoken does for a download.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import threading
 from collections.abc import Sequence
 from importlib import resources
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 from bot.core.types import Message
 
@@ -65,10 +66,23 @@ _lock = threading.Lock()
 
 
 def _load(name: str) -> tiktoken.Encoding:
+    return encoding_from_bytes(
+        name, resources.files("bot.core").joinpath("data", f"{name}.tiktoken").read_bytes()
+    )
+
+
+def encoding_from_bytes(name: str, data: bytes) -> tiktoken.Encoding:
+    """Build encoding ``name`` from the bytes of its official rank file, refusing a corrupt one."""
     spec = _ENCODINGS[name]
-    path = resources.files("bot.core").joinpath("data", f"{name}.tiktoken")
-    with resources.as_file(path) as file:
-        ranks = load_tiktoken_bpe(str(file), expected_hash=str(spec["sha256"]))
+    # Read and verified here rather than through tiktoken's loader, which would also copy the
+    # file into a cache under /tmp (not writable in a locked-down container).
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec["sha256"]:
+        raise ValueError(f"the bundled {name}.tiktoken is corrupt (sha256 {digest}); reinstall the package")
+    ranks = {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in data.splitlines() if line)
+    }
     return tiktoken.Encoding(
         name=name,
         pat_str=str(spec["pat_str"]),
