@@ -7,14 +7,13 @@ questions every face asks: make a call for a principal, what are its budgets, wh
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
 from bot.core.config import AppConfig
 from bot.core.factory import SessionFactory
+from bot.core.ledger import Ledger
 from bot.core.providers import OnText
-from bot.core.session import LedgerPort
 from bot.core.types import ChatResult, ModelInfo, Principal
 
 __all__ = ["Gateway"]
@@ -24,7 +23,7 @@ class Gateway:
     """The single session core shared by the CLI, the MCP tools and the Slack commands."""
 
     def __init__(
-        self, config: AppConfig, *, ledger: LedgerPort | None = None, env: Mapping[str, str] | None = None
+        self, config: AppConfig, *, ledger: Ledger | None = None, env: Mapping[str, str] | None = None
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -56,10 +55,9 @@ class Gateway:
 
     async def budget_status(self, principal: Principal) -> list[dict[str, Any]]:
         """Every budget that applies to ``principal``, as JSON-friendly dicts (money as strings)."""
-        status = getattr(self.ledger, "status", None)
-        if status is None:
+        if self.ledger is None:
             return []
-        return [_status_dict(s) for s in await status(principal)]
+        return [s.to_dict() for s in await self.ledger.status(principal)]
 
     async def list_models(self, provider: str | None = None) -> list[tuple[ModelInfo, bool]]:
         """Usable models with whether their provider has a key."""
@@ -68,9 +66,8 @@ class Gateway:
     async def close(self) -> None:
         """Close provider clients and the ledger."""
         await self.sessions.close()
-        close = getattr(self.ledger, "close", None)
-        if close is not None:
-            await close()
+        if self.ledger is not None:
+            await self.ledger.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -79,21 +76,3 @@ class Gateway:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-
-def _status_dict(status: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in vars(status).items() if hasattr(status, "__dict__") else _fields(status):
-        if isinstance(value, Decimal):
-            out[key] = str(value)
-        elif hasattr(value, "isoformat"):
-            out[key] = value.isoformat()
-        else:
-            out[key] = value
-    return out
-
-
-def _fields(obj: Any) -> list[tuple[str, Any]]:
-    import dataclasses
-
-    return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]

@@ -1,0 +1,93 @@
+"""Sessions charging the persistent ledger: the session budget and the ledger's budgets together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.core import BudgetExceededError, ChatResult, Principal
+from bot.core.config import BudgetConfig, DatabaseConfig
+from bot.core.gateway import Gateway
+from bot.core.ledger import Ledger
+from tests.conftest import fast_config
+from tests.fakes.upstream import FakeUpstream
+
+CHAT = "/v1/chat/completions"
+ALICE = Principal(surface="slack", team_id="T1", user_id="alice", channel_id="C1")
+
+
+async def one_call_cost(fake_env: dict[str, str]) -> Decimal:
+    async with Gateway(fast_config(), env=fake_env) as gateway:
+        result = await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20, dry_run=True)
+    return result.cost_usd
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, fake_env: dict[str, str]) -> AsyncIterator[Gateway]:
+    limit = await one_call_cost(fake_env) * 20
+    budgets = [
+        BudgetConfig(name="user-daily", scope="user", limit_usd=limit, period="daily"),
+        BudgetConfig(name="global", scope="global", limit_usd=Decimal(100), period="monthly"),
+    ]
+    ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/ledger.db"), budgets)
+    async with Gateway(
+        fast_config(budgets=[b.model_dump() for b in budgets]), ledger=ledger, env=fake_env
+    ) as gw:
+        yield gw
+
+
+async def test_200_concurrent_calls_never_pass_a_ledger_budget_for_20(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    fake.latency = 0.01
+
+    async def call() -> ChatResult | BudgetExceededError:
+        try:
+            return await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
+        except BudgetExceededError as err:
+            return err
+
+    results = await asyncio.gather(*(call() for _ in range(200)))
+    ok = [r for r in results if isinstance(r, ChatResult)]
+    refused = [r for r in results if isinstance(r, BudgetExceededError)]
+    assert ok and refused and len(ok) + len(refused) == 200
+    assert gateway.ledger is not None
+    totals = await gateway.ledger.totals()
+    status = {s["name"]: s for s in await gateway.budget_status(ALICE)}
+    user = status["user-daily"]
+    assert Decimal(user["spent"]) <= Decimal(user["limit"])
+    assert Decimal(user["spent"]) == sum((r.cost_usd for r in ok), Decimal(0))
+    assert Decimal(user["reserved"]) == 0
+    assert len(fake.requests_to(CHAT)) == len(ok)
+    assert totals.by_outcome["ok"].calls == len(ok)
+    assert totals.by_outcome["refused"].calls == len(refused)
+    assert "user-daily" in str(refused[0]) and "resets at" in str(refused[0])
+
+
+async def test_failed_call_is_recorded_and_costs_nothing(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.inject("server_error", times=5, path=CHAT)
+    with pytest.raises(Exception, match="HTTP 500"):
+        await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
+    assert gateway.ledger is not None
+    totals = await gateway.ledger.totals()
+    assert totals.by_outcome["error"].calls == 1
+    status = {s["name"]: s for s in await gateway.budget_status(ALICE)}
+    assert Decimal(status["global"]["spent"]) == 0 and Decimal(status["global"]["reserved"]) == 0
+
+
+async def test_cancelled_call_releases_its_ledger_hold(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.latency = 5
+    task = asyncio.create_task(gateway.generate(ALICE, "slow", model="gpt-4o-mini", max_tokens=20))
+    while not fake.requests_to(CHAT):  # noqa: ASYNC110 - the fake offers no event to wait on
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    status = {s["name"]: s for s in await gateway.budget_status(ALICE)}
+    assert Decimal(status["global"]["reserved"]) == 0 and Decimal(status["global"]["spent"]) == 0
+    assert gateway.ledger is not None
+    assert (await gateway.ledger.totals()).by_outcome["cancelled"].calls == 1
