@@ -27,7 +27,7 @@ async def open_core(config: AppConfig | None = None, *, with_ledger: bool = True
     return Gateway(config, ledger=ledger)
 
 
-class build_core:  # noqa: N801 - used as `async with build_core() as core:`
+class build_core:
     """Async context manager around ``open_core`` that always closes what it opened."""
 
     def __init__(self, config: AppConfig | None = None, *, with_ledger: bool = True) -> None:
