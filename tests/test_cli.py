@@ -103,3 +103,21 @@ def test_models_lists_prices(tmp_path: Path) -> None:
     rows = {row["name"]: row for row in json.loads(done.stdout)}
     assert rows["gpt-4o-mini"]["input_per_mtok"] == "0.15" and rows["gpt-4o-mini"]["key_configured"] is False
     assert rows["claude-haiku-4-5"]["provider"] == "anthropic"
+
+
+def test_budget_shows_what_is_left_after_a_call(fake_env: dict[str, str], fake: FakeUpstream, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "budgets:\n"
+        "  - {name: me-daily, scope: user, limit_usd: 2, period: daily}\n"
+        "  - {name: everyone, scope: global, limit_usd: 100, period: monthly}\n"
+    )
+    env = {**fake_env, "BOT_CONFIG": str(config)}
+    assert run(["generate", "hi", "--model", "gpt-4o-mini"], env, tmp_path).returncode == 0
+    done = run(["budget", "--json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert Decimal(rows["me-daily"]["spent"]) > 0 and rows["me-daily"]["scope_key"] == "local"
+    assert Decimal(rows["everyone"]["spent"]) == Decimal(rows["me-daily"]["spent"])
+    text = run(["budget"], env, tmp_path)
+    assert "me-daily" in text.stdout and "left" in text.stdout
