@@ -1,4 +1,4 @@
-"""The ``bot`` command line: a thin face over the core (``bot generate``, ``bot models``, ``bot budget``)."""
+"""The ``bot`` command line: a thin face over the core (``bot generate``, ``models``, ``budget``, ``mcp``)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
     budget = sub.add_parser("budget", help="show every budget that applies to you")
     budget.add_argument("--json", action="store_true")
+
+    mcp = sub.add_parser("mcp", help="serve the MCP tools (stdio by default, or Streamable HTTP)")
+    mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP at /mcp (needs mcp.clients)")
+    mcp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
+    mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
     return parser
 
 
@@ -125,6 +130,18 @@ async def _budget(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _mcp(args: argparse.Namespace) -> int:
+    from bot.app import build_core
+    from tools.mcp_server import run_http, run_stdio
+
+    async with build_core() as core:
+        if args.http:
+            await run_http(core, host=args.host, port=args.port)
+        else:
+            await run_stdio(core)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bot`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -133,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level if level in logging.getLevelNamesMapping() else "WARNING",
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers: dict[str, Any] = {"generate": _generate, "models": _models, "budget": _budget}
+    handlers: dict[str, Any] = {"generate": _generate, "models": _models, "budget": _budget, "mcp": _mcp}
     try:
         return int(asyncio.run(handlers[args.command](args)))
     except BotError as err:

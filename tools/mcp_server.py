@@ -1,0 +1,159 @@
+"""MCP transports: stdio for a local assistant, Streamable HTTP (``/mcp``) with bearer tokens.
+
+Over HTTP every request must carry ``Authorization: Bearer <token>``; the token names a client
+of ``mcp.clients`` and that name alone becomes the principal's ``client_id``. A request without
+a valid token is answered 401 before it reaches the MCP layer, so it can cost nothing. With no
+client configured, HTTP mode refuses to start: there is no anonymous HTTP access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bot.core.config import McpConfig
+from bot.core.errors import ConfigurationError
+from bot.core.gateway import Gateway
+from tools.mcp_tools import CLIENT_SCOPE_KEY, build_mcp_server
+
+__all__ = ["BearerAuth", "mcp_http_app", "run_http", "run_stdio", "transport_security"]
+
+MCP_PATH = "/mcp"
+
+#: Loopback names the DNS-rebinding check always accepts (with or without a port).
+_LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+async def run_stdio(gateway: Gateway, config: McpConfig | None = None) -> None:
+    """Serve the tools on stdin/stdout until the client closes them (``bot mcp``)."""
+    config = config or gateway.config.mcp
+    await build_mcp_server(gateway, config).run_stdio_async()
+
+
+class BearerAuth:
+    """ASGI middleware: map ``Authorization: Bearer <token>`` to a client name, or answer 401.
+
+    The client name is stored in the ASGI scope under ``CLIENT_SCOPE_KEY``, where the MCP
+    server's middleware reads it for each request (the MCP session runs in another task, so a
+    context variable set here would not reach the tools).
+    """
+
+    def __init__(self, app: ASGIApp, clients: dict[str, bytes]) -> None:
+        self.app = app
+        self._clients = clients
+
+    def _client_for(self, token: bytes) -> str | None:
+        found: str | None = None
+        # Compare against every token, without stopping early, so timing reveals nothing.
+        for name, expected in self._clients.items():
+            if hmac.compare_digest(token, expected):
+                found = name
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        client = self._client_for(token.strip()) if scheme.lower() == b"bearer" and token.strip() else None
+        if client is None:
+            await _unauthorized(send, missing=not header)
+            return
+        await self.app({**scope, CLIENT_SCOPE_KEY: client}, receive, send)
+
+
+async def _unauthorized(send: Send, *, missing: bool) -> None:
+    body = json.dumps(
+        {
+            "error": "unauthorized",
+            "message": "no bearer token was sent" if missing else "the bearer token is not valid",
+            "hint": (
+                "Send the header 'Authorization: Bearer <token>' with a token listed under mcp.clients "
+                "in the gateway's config. For Claude Code: claude mcp add --transport http llm-gateway "
+                "http://HOST:PORT/mcp --header 'Authorization: Bearer <token>'"
+            ),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="llm-gateway"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def transport_security(config: McpConfig) -> TransportSecuritySettings:
+    """DNS-rebinding protection: loopback plus ``allowed_hosts``/``allowed_origins`` from config."""
+    hosts = [*_LOOPBACK_HOSTS, *(f"{h}:*" for h in _LOOPBACK_HOSTS), *config.allowed_hosts]
+    origins = [
+        *(
+            f"{scheme}://{h}{port}"
+            for scheme in ("http", "https")
+            for h in _LOOPBACK_HOSTS
+            for port in ("", ":*")
+        ),
+        *config.allowed_origins,
+    ]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def mcp_http_app(gateway: Gateway, config: McpConfig | None = None) -> Starlette:
+    """A Starlette app serving the MCP tools at ``/mcp`` (Streamable HTTP, SSE responses).
+
+    The app's lifespan runs the MCP session manager. To mount it inside another app (``bot
+    serve``), enter ``app.state.mcp_server.session_manager.run()`` in the parent's lifespan.
+
+    Raises ``ConfigurationError`` when ``config.clients`` is empty: HTTP is never anonymous.
+    """
+    config = config or gateway.config.mcp
+    if not config.clients:
+        raise ConfigurationError(
+            "no MCP clients are configured, and the HTTP transport never runs without bearer tokens",
+            field="mcp.clients",
+            hint="Add a client with a token of 16+ characters, e.g. mcp: {clients: {my-laptop: "
+            "{token: ${MCP_TOKEN}}}}, or use stdio (`bot mcp` without --http).",
+        )
+    server: MCPServer = build_mcp_server(gateway, config, http=True)
+    # Called for its side effect: it creates the session manager with our settings. json_response
+    # stays False so progress notifications can ride the SSE stream of each call.
+    server.streamable_http_app(
+        streamable_http_path=MCP_PATH, json_response=False, transport_security=transport_security(config)
+    )
+    tokens = {name: client.token.get_secret_value().encode() for name, client in config.clients.items()}
+    endpoint = BearerAuth(StreamableHTTPASGIApp(server.session_manager), tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with server.session_manager.run():
+            yield
+
+    app = Starlette(routes=[Route(MCP_PATH, endpoint=endpoint)], lifespan=lifespan)
+    app.state.mcp_server = server
+    return app
+
+
+async def run_http(gateway: Gateway, *, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve ``mcp_http_app`` with uvicorn until interrupted (``bot mcp --http``)."""
+    import uvicorn
+
+    app = mcp_http_app(gateway)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    await server.serve()
