@@ -16,7 +16,6 @@ from bot.core.config import CacheConfig
 from bot.core.errors import ProviderConnectionError, ProviderError
 from bot.core.providers.base import ChatRequest, Provider, ProviderReply
 from bot.core.providers.errors import map_sdk_error
-from bot.core.providers.retry import with_retries
 from bot.core.tokens import ESTIMATE_FACTOR, count_text_tokens
 from bot.core.types import Message, TokenCount, Usage
 
@@ -86,20 +85,13 @@ class AnthropicProvider(Provider):
             params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
 
         async def once() -> ProviderReply:
-            try:
-                if request.on_text is None:
-                    msg = await client.messages.create(**params)
-                    text = "".join(block.text for block in msg.content if block.type == "text")
-                    return ProviderReply(text, msg.model, usage_from_anthropic(msg.usage), msg.stop_reason)
+            if request.on_text is not None:
                 return await self._stream(client, params, request)
-            except ProviderError:
-                raise
-            except Exception as exc:
-                raise map_sdk_error(
-                    exc, provider=self.provider_name, model=request.model, known_models=self.supported_models
-                ) from exc
+            msg = await client.messages.create(**params)
+            text = "".join(block.text for block in msg.content if block.type == "text")
+            return ProviderReply(text, msg.model, usage_from_anthropic(msg.usage), msg.stop_reason)
 
-        return await with_retries(once, self.retry)
+        return await self._with_policy(request.model, once)
 
     async def _stream(
         self, client: anthropic.AsyncAnthropic, params: dict[str, Any], request: ChatRequest

@@ -11,8 +11,10 @@ from types import TracebackType
 from typing import Self
 
 from bot.core.config import ModelConfig, ProviderConfig, RetryConfig
-from bot.core.errors import APIKeyMissingError, ModelNotFoundError
+from bot.core.errors import APIKeyMissingError, ModelNotFoundError, ProviderError
 from bot.core.pricing import Pricer
+from bot.core.providers.errors import map_sdk_error
+from bot.core.providers.retry import with_retries
 from bot.core.types import Message, ModelInfo, TokenCount, Usage
 
 __all__ = ["ChatRequest", "OnText", "Provider", "ProviderReply"]
@@ -143,6 +145,23 @@ class Provider(ABC):
         return self.pricer.cost(model, self.provider_name, self.provider_type, usage)
 
     # -- calls -----------------------------------------------------------------------------------
+
+    async def _with_policy(
+        self, model: str, attempt: Callable[[], Awaitable[ProviderReply]]
+    ) -> ProviderReply:
+        """Run one SDK call under the retry policy, converting SDK errors at this one boundary."""
+
+        async def once() -> ProviderReply:
+            try:
+                return await attempt()
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise map_sdk_error(
+                    exc, provider=self.provider_name, model=model, known_models=self.supported_models
+                ) from exc
+
+        return await with_retries(once, self.retry)
 
     @abstractmethod
     async def chat(self, request: ChatRequest) -> ProviderReply:

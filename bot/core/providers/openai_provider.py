@@ -10,7 +10,6 @@ import openai
 from bot.core.errors import ConfigurationError, ProviderConnectionError, ProviderError
 from bot.core.providers.base import ChatRequest, Provider, ProviderReply
 from bot.core.providers.errors import map_sdk_error
-from bot.core.providers.retry import with_retries
 from bot.core.tokens import count_chat_tokens
 from bot.core.types import Message, TokenCount, Usage
 
@@ -68,25 +67,18 @@ class OpenAIProvider(Provider):
             params["temperature"] = request.temperature
 
         async def once() -> ProviderReply:
-            try:
-                if request.on_text is None:
-                    response = await client.chat.completions.create(**params)
-                    choice = response.choices[0] if response.choices else None
-                    return ProviderReply(
-                        text=(choice.message.content or "") if choice else "",
-                        model=response.model or request.model,
-                        usage=usage_from_openai(response.usage),
-                        finish_reason=choice.finish_reason if choice else None,
-                    )
+            if request.on_text is not None:
                 return await self._stream(client, params, request)
-            except ProviderError:
-                raise
-            except Exception as exc:
-                raise map_sdk_error(
-                    exc, provider=self.provider_name, model=request.model, known_models=self.supported_models
-                ) from exc
+            response = await client.chat.completions.create(**params)
+            choice = response.choices[0] if response.choices else None
+            return ProviderReply(
+                text=(choice.message.content or "") if choice else "",
+                model=response.model or request.model,
+                usage=usage_from_openai(response.usage),
+                finish_reason=choice.finish_reason if choice else None,
+            )
 
-        return await with_retries(once, self.retry)
+        return await self._with_policy(request.model, once)
 
     async def _stream(
         self, client: openai.AsyncOpenAI, params: dict[str, Any], request: ChatRequest
