@@ -1,0 +1,93 @@
+"""Build the Bolt app and serve it: ``POST /slack/events`` over HTTP, or Socket Mode.
+
+Bolt verifies every request's signature (signing secret, 5-minute window) before any listener
+runs, so a forged or stale request gets 401 and costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import uvicorn
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bot.core.gateway import Gateway
+from bot.slack.commands import SlackCommands
+from bot.slack.settings import SlackSettings
+
+__all__ = ["build_bolt_app", "run_slack_http", "run_slack_socket", "slack_http_app", "web_client"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a shutdown waits for generations in flight, so answers being posted are not cut off.
+SHUTDOWN_GRACE = 30.0
+
+
+def web_client(settings: SlackSettings) -> AsyncWebClient:
+    """The Web API client: the configured base URL, and 429s retried after ``Retry-After``."""
+    return AsyncWebClient(
+        token=settings.bot_token,
+        base_url=settings.api_url,
+        retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+    )
+
+
+def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp, SlackCommands]:
+    """The Bolt app with the three slash commands registered, and the handlers object behind them."""
+    client = web_client(settings)
+    app = AsyncApp(client=client, signing_secret=settings.signing_secret)
+    commands = SlackCommands(gateway, settings, client)
+    app.command("/generate")(commands.generate)
+    app.command("/budget")(commands.budget)
+    app.command("/models")(commands.models)
+    return app, commands
+
+
+def slack_http_app(gateway: Gateway, settings: SlackSettings) -> Starlette:
+    """A Starlette app serving ``POST /slack/events``; ``app.state.slack_commands`` holds the handlers."""
+    bolt, commands = build_bolt_app(gateway, settings)
+    handler = AsyncSlackRequestHandler(bolt)
+
+    async def events(request: Request) -> Response:
+        return await handler.handle(request)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await commands.wait_idle()
+
+    app = Starlette(routes=[Route("/slack/events", events, methods=["POST"])], lifespan=lifespan)
+    app.state.slack_commands = commands
+    return app
+
+
+async def run_slack_http(gateway: Gateway, settings: SlackSettings, host: str, port: int) -> None:
+    """Serve the Slack endpoint with uvicorn until stopped (the integrator's ``bot slack``)."""
+    config = uvicorn.Config(slack_http_app(gateway, settings), host=host, port=port, lifespan="on")
+    await uvicorn.Server(config).serve()
+
+
+async def run_slack_socket(gateway: Gateway, settings: SlackSettings) -> None:
+    """Connect over Socket Mode with ``SLACK_APP_TOKEN`` (no public URL needed) until stopped."""
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    if not settings.app_token:
+        from bot.core.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "SLACK_APP_TOKEN not set", source="environment", hint="Create an app-level token (xapp-…)."
+        )
+    bolt, _ = build_bolt_app(gateway, settings)
+    await AsyncSocketModeHandler(bolt, settings.app_token).start_async()  # type: ignore[no-untyped-call]

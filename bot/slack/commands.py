@@ -1,0 +1,213 @@
+"""The slash commands: translate Slack payloads to ``Gateway`` calls and results back. No logic of their own.
+
+``/generate`` is acknowledged at once (the ack is the HTTP answer) and runs in a background task
+this object holds a reference to; ``/budget`` and ``/models`` answer in the ack itself, as they only
+read the local ledger and config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.core.errors import BotError
+from bot.core.gateway import Gateway
+from bot.core.types import Principal
+from bot.slack.blocks import budget_blocks, models_blocks, team_blocks
+from bot.slack.dedupe import RetryDeduper, command_key
+from bot.slack.delivery import AnswerStream, Delivery
+from bot.slack.formatting import footer
+from bot.slack.settings import SlackSettings
+
+__all__ = ["GENERATE_USAGE", "SlackCommands", "parse_generate", "principal_of"]
+
+log = logging.getLogger(__name__)
+
+GENERATE_USAGE = "Usage: `/generate [--model MODEL] your prompt`"
+BUDGET_SET_USAGE = "Usage: `/budget set NAME[:KEY] AMOUNT` (e.g. `/budget set per-user:T1:U2 25`)"
+
+
+def principal_of(command: dict[str, Any]) -> Principal:
+    """The principal a slash command is charged to."""
+    return Principal(
+        surface="slack",
+        team_id=command.get("team_id") or None,
+        user_id=command.get("user_id") or None,
+        channel_id=command.get("channel_id") or None,
+    )
+
+
+def parse_generate(text: str) -> tuple[str | None, str]:
+    """``[--model M | --model=M] PROMPT`` → (model, prompt); the prompt keeps its own spacing."""
+    rest = text.strip()
+    model: str | None = None
+    if rest.startswith("--model="):
+        head, _, rest = rest.partition(" ")
+        model = head.removeprefix("--model=")
+    elif rest.startswith("--model ") or rest == "--model":
+        _, _, rest = rest.partition(" ")
+        model, _, rest = rest.strip().partition(" ")
+    return (model or None), rest.strip()
+
+
+def _remaining(statuses: list[dict[str, Any]]) -> Decimal | None:
+    return min((Decimal(s["remaining"]) for s in statuses), default=None)
+
+
+class SlackCommands:
+    """Handlers for ``/generate``, ``/budget`` and ``/models``, bound to one gateway and Web API client."""
+
+    def __init__(self, gateway: Gateway, settings: SlackSettings, client: AsyncWebClient) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.client = client
+        self.deduper = RetryDeduper()
+        #: Background generations; holding them stops the event loop from garbage-collecting them.
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: How many generations were started (tests wait on it).
+        self.started = 0
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.started += 1
+
+    async def wait_idle(self) -> None:
+        """Wait until every background generation has finished."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _gate(self, ack: AsyncAck, command: dict[str, Any]) -> bool:
+        """Ack-and-stop for retries and for users or channels outside the allow-lists."""
+        if not self.deduper.first_time(command_key(command)):
+            log.info("ignoring a retry of %s %s", command.get("command"), command_key(command))
+            await ack()
+            return False
+        refusal = self.settings.refusal(command.get("user_id", ""), command.get("channel_id", ""))
+        if refusal is not None:
+            await ack(text=refusal, response_type="ephemeral")
+            return False
+        return True
+
+    # -- /generate -----------------------------------------------------------------------------
+    async def generate(self, ack: AsyncAck, command: dict[str, Any]) -> None:
+        """``/generate [--model M] PROMPT``: ack now, answer in the channel when the model is done."""
+        if not await self._gate(ack, command):
+            return
+        model, prompt = parse_generate(command.get("text", ""))
+        if not prompt:
+            await ack(text=f"Your prompt is empty. {GENERATE_USAGE}", response_type="ephemeral")
+            return
+        await ack(text="Working on it…", response_type="ephemeral")
+        self._spawn(self._run_generation(command, model, prompt))
+
+    async def _run_generation(self, command: dict[str, Any], model: str | None, prompt: str) -> None:
+        principal = principal_of(command)
+        out = Delivery(self.client, command)
+        stream = AnswerStream(out, interval=self.settings.update_interval, limit=self.settings.message_limit)
+        try:
+            result = await self.gateway.generate(principal, prompt, model=model, on_text=stream.on_text)
+        except BotError as err:
+            await stream.abandon("stopped: the reason was sent to you")
+            await out.ephemeral(f":warning: {err}")
+            return
+        except Exception as exc:  # a bug or an unexpected failure: tell the user, keep the trace
+            log.exception("generation failed for %s", principal.label)
+            await stream.abandon("stopped by an internal error")
+            await out.ephemeral(
+                f":warning: the request failed unexpectedly ({type(exc).__name__}). Try again."
+            )
+            return
+        if not stream.text and result.text:  # a provider that did not stream
+            stream.text = result.text
+        try:
+            remaining = _remaining(await self.gateway.budget_status(principal))
+        except Exception:  # the answer matters more than the footer's last figure
+            log.exception("budget status failed after a call for %s", principal.label)
+            remaining = None
+        await stream.finish(footer(result, remaining))
+
+    # -- /budget -------------------------------------------------------------------------------
+    async def budget(self, ack: AsyncAck, command: dict[str, Any]) -> None:
+        """``/budget`` (yours), ``/budget team`` and ``/budget set NAME[:KEY] AMOUNT`` (admins)."""
+        if not await self._gate(ack, command):
+            return
+        words = command.get("text", "").split()
+        sub = words[0].lower() if words else ""
+        if sub in ("team", "set") and command.get("user_id") not in self.settings.admin_users:
+            await ack(text=f"`/budget {sub}` is for admins only.", response_type="ephemeral")
+            return
+        try:
+            if sub == "team":
+                await self._budget_team(ack)
+            elif sub == "set":
+                await self._budget_set(ack, words[1:])
+            elif sub:
+                await ack(
+                    text="Usage: `/budget`, `/budget team` or `/budget set NAME[:KEY] AMOUNT`.",
+                    response_type="ephemeral",
+                )
+            else:
+                statuses = await self.gateway.budget_status(principal_of(command))
+                blocks = budget_blocks(statuses)
+                await ack(text="Your budgets", blocks=blocks, response_type="ephemeral")
+        except BotError as err:
+            await ack(text=f":warning: {err}", response_type="ephemeral")
+
+    async def _budget_team(self, ack: AsyncAck) -> None:
+        ledger = self.gateway.ledger
+        if ledger is None:
+            await ack(text="No ledger is configured, so no spend is recorded.", response_type="ephemeral")
+            return
+        now = datetime.now(UTC)
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        by_user = await ledger.spend_by_user(start, now)
+        by_model = await ledger.spend_by_model(start, now)
+        blocks = team_blocks(by_user, by_model, now.strftime("%B %Y"))
+        await ack(text="Team spend this month", blocks=blocks, response_type="ephemeral")
+
+    async def _budget_set(self, ack: AsyncAck, args: list[str]) -> None:
+        ledger = self.gateway.ledger
+        if ledger is None:
+            await ack(
+                text="No ledger is configured, so budgets cannot be changed.", response_type="ephemeral"
+            )
+            return
+        try:
+            target, amount = shlex.split(" ".join(args))
+            limit = Decimal(amount.lstrip("$"))
+            if not limit.is_finite() or limit <= 0:
+                raise ValueError(amount)
+        except (ValueError, InvalidOperation):
+            await ack(
+                text=f"Give a budget name and an amount above zero. {BUDGET_SET_USAGE}",
+                response_type="ephemeral",
+            )
+            return
+        name, _, key = target.partition(":")
+        await ledger.set_budget_limit(name, key or None, limit)
+        scope = f" for `{key}`" if key else ""
+        await ack(text=f"Budget `{name}`{scope} is now ${limit} per period.", response_type="ephemeral")
+
+    # -- /models -------------------------------------------------------------------------------
+    async def models(self, ack: AsyncAck, command: dict[str, Any]) -> None:
+        """``/models [PROVIDER]``: models and prices, providers with a key first."""
+        if not await self._gate(ack, command):
+            return
+        provider = command.get("text", "").strip() or None
+        try:
+            models = await self.gateway.list_models(provider)
+        except BotError as err:
+            await ack(text=f":warning: {err}", response_type="ephemeral")
+            return
+        await ack(text="Models and prices", blocks=models_blocks(models), response_type="ephemeral")

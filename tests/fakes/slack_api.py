@@ -1,0 +1,244 @@
+"""A real loopback HTTP server faking the Slack Web API and slash-command response URLs.
+
+``FakeSlackApi`` runs uvicorn (a Starlette app) in a background thread, like ``FakeUpstream``::
+
+    with FakeSlackApi(token="xoxb-test") as slack:
+        client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
+        slack.inject("chat.postMessage", error="not_in_channel")
+        slack.inject("chat.postMessage", status=429, retry_after=0)
+
+It records every call (``calls``) and every POST to ``/response/<id>`` (``responses``).
+Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["FakeSlackApi", "SlackCall"]
+
+TEAM_ID = "T0FAKE"
+BOT_USER = "UBOT"
+
+
+@dataclass
+class SlackCall:
+    """One request as the server saw it (``time`` is ``time.monotonic()`` on arrival)."""
+
+    method: str
+    """The Web API method (``chat.postMessage``) or ``response:<id>`` for a response URL."""
+    body: dict[str, Any]
+    headers: dict[str, str]
+    time: float
+    status: int = 200
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The ``text`` field of the body ('' when absent)."""
+        return str(self.body.get("text", ""))
+
+
+@dataclass
+class _Fault:
+    method: str
+    remaining: int
+    status: int
+    error: str | None
+    retry_after: float | None
+
+
+class FakeSlackApi:
+    """Fake Slack Web API on ``127.0.0.1`` with a random port, recording calls, with injectable errors."""
+
+    def __init__(self, *, token: str = "xoxb-test-token") -> None:
+        self.token = token
+        self.calls: list[SlackCall] = []
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._ts = itertools.count(1)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+        self._sock: socket.socket | None = None
+        self._app = Starlette(
+            routes=[
+                Route("/api/{method}", self._api, methods=["POST", "GET"]),
+                Route("/response/{rid}", self._response, methods=["POST"]),
+            ]
+        )
+
+    # ----------------------------------------------------------------- configuration
+    def reset(self) -> None:
+        """Forget recorded calls and queued faults."""
+        with self._lock:
+            self.calls.clear()
+            self._faults.clear()
+
+    def inject(
+        self,
+        method: str,
+        *,
+        error: str | None = None,
+        status: int = 200,
+        retry_after: float | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` calls of ``method`` fail.
+
+        ``error`` answers ``{"ok": false, "error": error}`` with ``status`` (200 like Slack does);
+        ``status=429`` answers ``ratelimited`` with a ``Retry-After`` header (``retry_after`` seconds).
+        ``method`` may be ``response:<id>`` to fail posts to that response URL.
+        """
+        with self._lock:
+            self._faults.append(_Fault(method, times, status, error, retry_after))
+
+    def calls_to(self, method: str) -> list[SlackCall]:
+        """Recorded calls of ``method`` (failed ones included), in arrival order."""
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def ok_calls_to(self, method: str) -> list[SlackCall]:
+        """Recorded calls of ``method`` that succeeded."""
+        return [c for c in self.calls_to(method) if c.status == 200 and c.error is None]
+
+    def responses(self, rid: str | None = None) -> list[SlackCall]:
+        """Posts to response URLs (all, or to ``/response/<rid>``)."""
+        with self._lock:
+            return [
+                c
+                for c in self.calls
+                if c.method.startswith("response:") and (rid is None or c.method == f"response:{rid}")
+            ]
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        if self._port is None:
+            raise RuntimeError("FakeSlackApi is not running")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def api_url(self) -> str:
+        """Base URL for ``AsyncWebClient(base_url=...)`` (ends with a slash)."""
+        return self.base_url + "/api/"
+
+    def response_url(self, rid: str) -> str:
+        """A response URL for one slash command."""
+        return f"{self.base_url}/response/{rid}"
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> Self:
+        """Start serving in a background thread; returns once the port is listening."""
+        if self._thread is not None:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(
+            self._app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+            ws="none", http="h11", loop="asyncio", timeout_graceful_shutdown=2,
+        )  # fmt: skip
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError("FakeSlackApi failed to start")
+            time.sleep(0.005)
+        self._server, self._thread, self._port, self._sock = server, thread, sock.getsockname()[1], sock
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and wait for its thread."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+        self._server, self._thread, self._port, self._sock = None, None, None, None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- handlers
+    async def _record(self, request: Request, method: str) -> tuple[SlackCall, _Fault | None]:
+        raw = (await request.body()).decode()
+        body: dict[str, Any]
+        if "json" in request.headers.get("content-type", ""):
+            body = json.loads(raw) if raw else {}
+        else:
+            body = dict(parse_qsl(raw))
+        call = SlackCall(method, body, dict(request.headers), time.monotonic())
+        with self._lock:
+            self.calls.append(call)
+            fault = next((f for f in self._faults if f.method == method), None)
+            if fault is not None:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+        return call, fault
+
+    @staticmethod
+    def _fault_reply(call: SlackCall, fault: _Fault) -> Response:
+        call.status = fault.status
+        call.error = fault.error or ("ratelimited" if fault.status == 429 else "fake_error")
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+        return JSONResponse({"ok": False, "error": call.error}, fault.status, headers)
+
+    async def _api(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        call, fault = await self._record(request, method)
+        if fault is not None:
+            return self._fault_reply(call, fault)
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            call.error = "invalid_auth"
+            return JSONResponse({"ok": False, "error": "invalid_auth"})
+        ts = f"1700000000.{next(self._ts):06d}"
+        body = call.body
+        if method == "auth.test":
+            return JSONResponse(
+                {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "bot",
+                 "team_id": TEAM_ID, "user_id": BOT_USER, "bot_id": "BFAKE"}
+            )  # fmt: skip
+        if method == "chat.postMessage":
+            return JSONResponse(
+                {"ok": True, "channel": body.get("channel"), "ts": ts, "message": {"text": call.text}}
+            )
+        if method == "chat.update":
+            return JSONResponse(
+                {"ok": True, "channel": body.get("channel"), "ts": body.get("ts"), "text": call.text}
+            )
+        if method == "chat.postEphemeral":
+            return JSONResponse({"ok": True, "message_ts": ts})
+        call.error = "unknown_method"
+        return JSONResponse({"ok": False, "error": "unknown_method"})
+
+    async def _response(self, request: Request) -> Response:
+        call, fault = await self._record(request, f"response:{request.path_params['rid']}")
+        if fault is not None:
+            call.status = fault.status
+            call.error = fault.error or "fake_error"
+            return Response(call.error, fault.status)
+        return Response("ok")

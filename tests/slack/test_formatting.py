@@ -1,0 +1,135 @@
+"""Unit tests: Markdown → mrkdwn, message splitting, money, progress bars, settings and dedupe."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from bot.core.errors import ConfigurationError
+from bot.core.types import ChatResult, ModelInfo, Usage
+from bot.slack.blocks import models_blocks
+from bot.slack.commands import parse_generate
+from bot.slack.dedupe import RetryDeduper, command_key
+from bot.slack.formatting import footer, progress_bar, split_message, to_mrkdwn, usd
+from bot.slack.settings import SlackSettings
+
+
+@pytest.mark.parametrize(
+    ("markdown", "mrkdwn"),
+    [
+        ("**bold** and __also__", "*bold* and *also*"),
+        ("*italic* text", "_italic_ text"),
+        ("# Title\n### Sub ###", "*Title*\n*Sub*"),
+        ("see [the docs](https://x.io/a?b=1)", "see <https://x.io/a?b=1|the docs>"),
+        ("- one\n* two\n  + nested", "• one\n• two\n  • nested"),
+        ("1. first\n2. second", "1. first\n2. second"),
+        ("~~gone~~", "~gone~"),
+        ("a < b & c > d", "a &lt; b &amp; c &gt; d"),
+        ("use `**x**` here", "use `**x**` here"),
+        ("```python\nprint(**k)\n```", "```\nprint(**k)\n```"),
+    ],
+)
+def test_to_mrkdwn(markdown: str, mrkdwn: str) -> None:
+    assert to_mrkdwn(markdown) == mrkdwn
+
+
+def test_unclosed_code_block_is_closed() -> None:
+    assert to_mrkdwn("text\n```\ncode").count("```") == 2
+
+
+def test_split_short_text_is_one_part() -> None:
+    assert split_message("hello", 100) == ["hello"]
+    assert split_message("", 100) == [""]
+
+
+def test_split_prefers_paragraphs_then_lines_then_words() -> None:
+    text = "a" * 60 + "\n\n" + "b" * 60
+    assert split_message(text, 100) == ["a" * 60, "b" * 60]
+    words = " ".join(["word"] * 100)
+    parts = split_message(words, 50)
+    assert all(len(p) <= 50 for p in parts)
+    assert " ".join(parts) == words
+
+
+def test_split_hard_cuts_a_huge_word() -> None:
+    parts = split_message("x" * 250, 100)
+    assert all(len(p) <= 100 for p in parts) and "".join(parts) == "x" * 250
+
+
+def test_split_closes_and_reopens_code_fences() -> None:
+    code = "\n".join(f"line {i}" for i in range(100))
+    parts = split_message("intro\n\n```\n" + code + "\n```\nafter", 200)
+    assert len(parts) > 3
+    for part in parts:
+        assert len(part) <= 200
+        assert part.count("```") % 2 == 0
+    assert parts[1].startswith("```\n")
+    joined = "\n".join(parts)
+    assert all(f"line {i}\n" in joined + "\n" for i in range(100))
+
+
+def test_money_and_progress_bar() -> None:
+    assert usd(Decimal("0.000123")) == "$0.000123"
+    assert usd("0.5") == "$0.50"
+    assert usd("1234.5") == "$1,234.50"
+    assert usd("0") == "$0.00"
+    assert progress_bar(0.4) == "▓▓▓▓░░░░░░ 40%"
+    assert progress_bar(1.5) == "▓▓▓▓▓▓▓▓▓▓ 150%"
+
+
+def test_footer() -> None:
+    result = ChatResult("hi", "gpt-4o-mini", "openai", Usage(12, 3400), Decimal("0.00204"), 1.0, "r1")
+    assert footer(result, Decimal("4.99")) == (
+        "_`gpt-4o-mini` · 12 in / 3,400 out tokens · $0.00204 · $4.99 left in your budget_"
+    )
+    result.cost_estimated = True
+    assert "(estimated)" in footer(result, None) and "left" not in footer(result, None)
+
+
+def test_models_blocks_are_capped() -> None:
+    info = [(ModelInfo(f"m{i}", "p", None, None, Decimal(1), Decimal(2)), i % 2 == 0) for i in range(500)]
+    blocks = models_blocks(info, cap=200)
+    assert len(blocks) <= 50
+    assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
+    first = blocks[1]["text"]["text"]
+    assert "no key" not in first.splitlines()[0]
+    assert "Showing 200 of 500" in blocks[-2]["elements"][0]["text"]
+
+
+def test_parse_generate() -> None:
+    assert parse_generate("hello world") == (None, "hello world")
+    assert parse_generate("--model gpt-4o  say  hi") == ("gpt-4o", "say  hi")
+    assert parse_generate("--model=claude-haiku-4-5 hi") == ("claude-haiku-4-5", "hi")
+    assert parse_generate("--model") == (None, "")
+
+
+def test_settings_from_env() -> None:
+    with pytest.raises(ConfigurationError, match="SLACK_SIGNING_SECRET"):
+        SlackSettings.from_env({"SLACK_BOT_TOKEN": "xoxb"})
+    s = SlackSettings.from_env(
+        {"SLACK_BOT_TOKEN": "xoxb", "SLACK_SIGNING_SECRET": "s", "SLACK_ADMIN_USERS": "U1, U2",
+         "SLACK_API_URL": "http://h/api", "SLACK_ALLOWED_CHANNELS": "C1"}
+    )  # fmt: skip
+    assert s.api_url == "http://h/api/" and s.admin_users == {"U1", "U2"}
+    assert s.allowed_users is None and s.allowed_channels == frozenset({"C1"})
+    assert s.refusal("U9", "C1") is None and s.refusal("U9", "C2") is not None
+
+
+def test_deduper_forgets_after_ttl() -> None:
+    now = [0.0]
+    d = RetryDeduper(ttl_seconds=10, clock=lambda: now[0])
+    key = command_key({"team_id": "T", "trigger_id": "x"})
+    assert d.first_time(key) and not d.first_time(key)
+    now[0] = 11.0
+    assert d.first_time(key)
+
+
+async def test_socket_mode_needs_an_app_token() -> None:
+    from bot.core.gateway import Gateway
+    from bot.slack.app import run_slack_socket
+    from tests.conftest import fast_config
+
+    async with Gateway(fast_config()) as gateway:
+        with pytest.raises(ConfigurationError, match="SLACK_APP_TOKEN"):
+            await run_slack_socket(gateway, SlackSettings(bot_token="xoxb", signing_secret="s"))
