@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP at /mcp (needs mcp.clients)")
     mcp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
     mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+
+    slack = sub.add_parser("slack", help="serve the Slack commands (HTTP at /slack/events, or Socket Mode)")
+    slack.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default: 0.0.0.0)")
+    slack.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000)")
     return parser
 
 
@@ -142,6 +146,20 @@ async def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _slack(args: argparse.Namespace) -> int:
+    from bot.app import build_core
+    from bot.slack.app import run_slack_http, run_slack_socket
+    from bot.slack.settings import SlackSettings
+
+    settings = SlackSettings.from_env()  # fails with a clear message before anything starts
+    async with build_core() as core:
+        if settings.app_token:
+            await run_slack_socket(core, settings)
+        else:
+            await run_slack_http(core, settings, args.host, args.port)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bot`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -150,7 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level if level in logging.getLevelNamesMapping() else "WARNING",
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers: dict[str, Any] = {"generate": _generate, "models": _models, "budget": _budget, "mcp": _mcp}
+    handlers: dict[str, Any] = {
+        "generate": _generate,
+        "models": _models,
+        "budget": _budget,
+        "mcp": _mcp,
+        "slack": _slack,
+    }
     try:
         return int(asyncio.run(handlers[args.command](args)))
     except BotError as err:

@@ -121,3 +121,8 @@ def test_budget_shows_what_is_left_after_a_call(fake_env: dict[str, str], fake: 
     assert Decimal(rows["everyone"]["spent"]) == Decimal(rows["me-daily"]["spent"])
     text = run(["budget"], env, tmp_path)
     assert "me-daily" in text.stdout and "left" in text.stdout
+
+
+def test_slack_without_settings_says_what_to_set(tmp_path: Path) -> None:
+    done = run(["slack"], {}, tmp_path)
+    assert done.returncode == 2 and "SLACK_BOT_TOKEN" in done.stderr and "Traceback" not in done.stderr
