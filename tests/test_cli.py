@@ -105,7 +105,9 @@ def test_models_lists_prices(tmp_path: Path) -> None:
     assert rows["claude-haiku-4-5"]["provider"] == "anthropic"
 
 
-def test_budget_shows_what_is_left_after_a_call(fake_env: dict[str, str], fake: FakeUpstream, tmp_path: Path) -> None:
+def test_budget_shows_what_is_left_after_a_call(
+    fake_env: dict[str, str], fake: FakeUpstream, tmp_path: Path
+) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
         "budgets:\n"

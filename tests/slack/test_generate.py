@@ -167,7 +167,9 @@ async def test_failed_final_update_goes_to_response_url(make_slack: MakeSlack, f
     assert "Echo: Say hello" in reply.text and "out tokens" in reply.text
 
 
-async def test_response_url_fallback_is_capped_at_five_posts(make_slack: MakeSlack, fake: FakeUpstream) -> None:
+async def test_response_url_fallback_is_capped_at_five_posts(
+    make_slack: MakeSlack, fake: FakeUpstream
+) -> None:
     slack = await make_slack(config={"session": {"max_tokens": 8000}}, message_limit=500)
     slack.api.inject("chat.postMessage", error="channel_not_found", times=100)
     fake.reply_text = "```\n" + "\n".join(f"row {i}" for i in range(1000)) + "\n```"
