@@ -8,7 +8,10 @@ transaction can never interleave with another writer's. Within one process, writ
 an ``asyncio.Lock``: SQLite's busy handler polls with sleeps, far slower than a queue.
 
 PostgreSQL (asyncpg): READ COMMITTED. Reservations lock each budget row with a conditional UPDATE,
-in id order, so concurrent replicas serialise per row and never deadlock.
+in one fixed order, so concurrent replicas serialise per row and never deadlock. At most
+``PG_CONCURRENT_WRITES`` write transactions per process run at once: every call updates the same
+global row, and a transaction holding that row's lock must not wait behind dozens of others for the
+event loop (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ Backend = Literal["sqlite", "postgresql"]
 
 #: How long a SQLite writer waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Write transactions one process runs at once on PostgreSQL (more only queue on row locks).
+PG_CONCURRENT_WRITES = 8
 _BEGIN_OPTION = "ledger_sqlite_begin"
 
 
@@ -92,7 +97,8 @@ class Database:
     def __init__(self, engine: AsyncEngine, backend: Backend) -> None:
         self.engine = engine
         self.backend: Backend = backend
-        self._write_lock = asyncio.Lock() if backend == "sqlite" else None
+        # SQLite has one writer at a time anyway: queue here rather than in its polling busy handler.
+        self._write_gate = asyncio.Lock() if backend == "sqlite" else asyncio.Semaphore(PG_CONCURRENT_WRITES)
 
     @classmethod
     def connect(cls, config: DatabaseConfig) -> Database:
@@ -116,11 +122,7 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed on normal exit, rolled back on an exception."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
+        async with self._write_gate, self.engine.begin() as conn:
             yield conn
 
     @asynccontextmanager

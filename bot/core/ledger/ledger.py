@@ -25,18 +25,17 @@ from types import TracebackType
 from typing import Self
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.errors import BudgetExceededError, ConfigurationError
-from bot.core.ledger import queries, store
+from bot.core.ledger import alerts, queries, store
 from bot.core.ledger.database import Database
 from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
 from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
-from bot.core.ledger.schema import budget_periods, from_nanos, hold_items, holds, to_nanos
+from bot.core.ledger.schema import from_nanos, hold_items, holds, to_nanos
 from bot.core.types import CallRecord, Principal
 
 __all__ = ["Clock", "Ledger"]
@@ -46,6 +45,8 @@ Clock = Callable[[], datetime]
 
 #: Expired holds released per sweep transaction (keeps each transaction short).
 _SWEEP_BATCH = 500
+_INSERT_HOLD = holds.insert()
+_INSERT_HOLD_ITEM = hold_items.insert()
 
 
 def _utc_now() -> datetime:
@@ -64,7 +65,6 @@ class Ledger:
     ) -> None:
         """Use ``Ledger.open``, which also migrates the database."""
         self._db = db
-        self._config = config
         self._budgets = tuple(budgets)
         self._by_name = {b.name: b for b in self._budgets}
         self._tz = ZoneInfo(config.timezone)
@@ -99,11 +99,13 @@ class Ledger:
         await self._db.dispose()
 
     async def __aenter__(self) -> Self:
+        """Return the ledger itself (it is already open)."""
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close the ledger."""
         await self.close()
 
     @property
@@ -164,24 +166,24 @@ class Ledger:
             async with self._db.write() as conn:
                 limits = await store.effective_limits(conn, targets)
                 ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
-                row_ids = sorted(set(ids.values()))
+                row_ids = store.lock_order(ids.values())
                 # The hold goes in first: it locks no budget row, so row locks are held briefly.
                 await conn.execute(
-                    holds.insert().values(
-                        id=hold.id,
-                        request_id=request_id,
-                        amount_nano_usd=nanos,
-                        created_at=now,
-                        expires_at=hold.expires_at,
-                    )
+                    _INSERT_HOLD,
+                    {
+                        "id": hold.id,
+                        "request_id": request_id,
+                        "amount_nano_usd": nanos,
+                        "created_at": now,
+                        "expires_at": hold.expires_at,
+                    },
                 )
                 if row_ids:
-                    await conn.execute(
-                        hold_items.insert(), [{"hold_id": hold.id, "budget_period_id": i} for i in row_ids]
-                    )
+                    items = [{"hold_id": hold.id, "budget_period_id": i} for i in row_ids]
+                    await conn.execute(_INSERT_HOLD_ITEM, items)
                 limit_of = {ids[t.key]: limits[t.key] for t in targets}
                 target_of = {ids[t.key]: t for t in targets}
-                # Ascending id order: two replicas lock shared rows in the same order, so no deadlock.
+                # One fixed order for every transaction: replicas never deadlock on shared rows.
                 for row_id in row_ids:
                     await self._reserve_row(conn, row_id, nanos, limit_of[row_id], target_of[row_id])
         except IntegrityError as exc:
@@ -201,26 +203,16 @@ class Ledger:
     async def _reserve_row(
         self, conn: AsyncConnection, row_id: int, nanos: int, limit: int, target: Target
     ) -> None:
-        bp = budget_periods.c
-        # The check and the hold in one statement: on PostgreSQL the row lock makes a concurrent
-        # reserver re-evaluate the WHERE against our committed result; on SQLite we are the only
-        # writer. The limit is written too, so a limit changed in config applies to this period.
-        result = await conn.execute(
-            sa.update(budget_periods)
-            .where(bp.id == row_id, bp.spent_nano_usd + bp.reserved_nano_usd + nanos <= limit)
-            .values(reserved_nano_usd=bp.reserved_nano_usd + nanos, limit_nano_usd=limit)
-        )
-        if result.rowcount == 1:
+        refused = await store.reserve_row(conn, row_id, nanos, limit)
+        if refused is None:
             return
-        row = (
-            await conn.execute(sa.select(bp.spent_nano_usd, bp.reserved_nano_usd).where(bp.id == row_id))
-        ).one()
-        # Raising inside the transaction rolls back the holds taken on earlier rows.
+        spent, reserved = refused
+        # Raising inside the transaction rolls back the holds taken on other rows.
         raise BudgetExceededError(
             budget=budget_label(target.budget.name, target.budget.scope, target.scope_key),
             limit=from_nanos(limit),
-            spent=from_nanos(row.spent_nano_usd),
-            reserved=from_nanos(row.reserved_nano_usd),
+            spent=from_nanos(spent),
+            reserved=from_nanos(reserved),
             requested=from_nanos(nanos),
             resets_at=target.period_end,
         )
@@ -264,7 +256,7 @@ class Ledger:
             rows = await store.charge_rows(conn, row_ids, unreserve=unreserve, spend=spend)
             if spend == 0:
                 return []
-            return await store.insert_alerts(conn, self._db, rows, self._by_name, now)
+            return await alerts.insert_alerts(conn, self._db, rows, self._by_name, now)
 
     async def record(self, record: CallRecord) -> None:
         """Write a call that had no hold, e.g. a refused call at $0. Idempotent per request_id.
@@ -281,7 +273,7 @@ class Ledger:
             limits = await store.effective_limits(conn, targets)
             ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
             rows = await store.charge_rows(conn, ids.values(), unreserve={}, spend=spend)
-            await store.insert_alerts(conn, self._db, rows, self._by_name, now)
+            await alerts.insert_alerts(conn, self._db, rows, self._by_name, now)
         self._period_ids.update(ids)
 
     async def sweep_expired(self) -> int:
@@ -289,35 +281,14 @@ class Ledger:
         now = self._now()
         async with self._db.read() as conn:
             # A cheap read first, so the common case takes no write lock.
-            expired = await conn.execute(sa.select(holds.c.id).where(holds.c.expires_at <= now).limit(1))
-            if expired.first() is None:
+            if not await store.expired_hold_exists(conn, now):
                 return 0
         released = 0
         while True:
             async with self._db.write() as conn:
-                batch = sa.select(holds.c.id).where(holds.c.expires_at <= now).order_by(holds.c.id)
-                claimed = (
-                    await conn.execute(
-                        sa.delete(holds)
-                        .where(holds.c.id.in_(batch.limit(_SWEEP_BATCH).scalar_subquery()))
-                        .returning(holds.c.id, holds.c.amount_nano_usd)
-                    )
-                ).all()
-                if not claimed:
-                    return released
-                amount_of = {r.id: int(r.amount_nano_usd) for r in claimed}
-                items = await conn.execute(
-                    sa.delete(hold_items)
-                    .where(hold_items.c.hold_id.in_(list(amount_of)))
-                    .returning(hold_items.c.hold_id, hold_items.c.budget_period_id)
-                )
-                give_back: dict[int, int] = {}
-                for item in items:
-                    row_id = int(item.budget_period_id)
-                    give_back[row_id] = give_back.get(row_id, 0) + amount_of[item.hold_id]
-                await store.charge_rows(conn, give_back, unreserve=give_back, spend=0)
-            released += len(claimed)
-            if len(claimed) < _SWEEP_BATCH:
+                count = await store.sweep_batch(conn, now, _SWEEP_BATCH)
+            released += count
+            if count < _SWEEP_BATCH:
                 return released
 
     # -- queries -------------------------------------------------------------------------------
@@ -353,15 +324,15 @@ class Ledger:
 
     async def pending_alerts(self, limit: int = 100) -> list[Alert]:
         """Alerts not delivered yet, oldest first."""
-        return await queries.pending_alerts(self._db, limit)
+        return await alerts.pending_alerts(self._db, limit)
 
     async def mark_alert_delivered(self, alert_id: int) -> bool:
         """Mark an alert delivered; False if it already was (another replica sent it) or is unknown."""
-        return await queries.mark_alert_delivered(self._db, alert_id, self._now())
+        return await alerts.mark_alert_delivered(self._db, alert_id, self._now())
 
     async def mark_alert_failed(self, alert_id: int) -> None:
         """Count a failed delivery attempt of an alert (it stays pending)."""
-        await queries.mark_alert_failed(self._db, alert_id)
+        await alerts.mark_alert_failed(self._db, alert_id)
 
     async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
         """Override a budget's limit persistently (wins over config) and apply it to the current period.

@@ -1,4 +1,4 @@
-"""Read-side queries for the faces (status, spend reports, the alert outbox) and admin overrides."""
+"""Read-side queries for the faces (budget status, spend reports) and the admins' limit overrides."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ import sqlalchemy as sa
 from bot.core.config import BudgetConfig
 from bot.core.ledger import store
 from bot.core.ledger.database import Database
-from bot.core.ledger.models import Alert, BudgetStatus, SpendRow, Totals
+from bot.core.ledger.models import BudgetStatus, SpendRow, Totals
 from bot.core.ledger.periods import Target, period_bounds
-from bot.core.ledger.schema import alerts, budget_overrides, budget_periods, calls, from_nanos
+from bot.core.ledger.schema import budget_overrides, budget_periods, calls, from_nanos
 
 __all__ = [
-    "mark_alert_delivered",
-    "mark_alert_failed",
-    "pending_alerts",
     "set_budget_limit",
     "spend_by_day",
     "spend_by_model",
@@ -251,36 +248,6 @@ async def totals(db: Database, start: datetime | None, end: datetime | None) -> 
     rows.sort(key=lambda r: (order.get(r.outcome, 9), r.outcome))
     by_outcome = {r.outcome: _spend_row(r.outcome, r) for r in rows}
     return Totals(total=_sum_rows("total", rows), by_outcome=by_outcome)
-
-
-async def pending_alerts(db: Database, limit: int) -> list[Alert]:
-    """Undelivered alerts, oldest first, at most ``limit``."""
-    async with db.read() as conn:
-        rows = await conn.execute(
-            sa.select(alerts).where(alerts.c.delivered_at.is_(None)).order_by(alerts.c.id).limit(limit)
-        )
-        return [store.row_to_alert(r) for r in rows]
-
-
-async def mark_alert_delivered(db: Database, alert_id: int, now: datetime) -> bool:
-    """Set ``delivered_at``; False when it was already set or the alert does not exist."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            sa.update(alerts)
-            .where(alerts.c.id == alert_id, alerts.c.delivered_at.is_(None))
-            .values(delivered_at=now, attempts=alerts.c.attempts + 1)
-        )
-        return result.rowcount == 1
-
-
-async def mark_alert_failed(db: Database, alert_id: int) -> None:
-    """Count one failed delivery attempt."""
-    async with db.write() as conn:
-        await conn.execute(
-            sa.update(alerts)
-            .where(alerts.c.id == alert_id, alerts.c.delivered_at.is_(None))
-            .values(attempts=alerts.c.attempts + 1)
-        )
 
 
 async def set_budget_limit(

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "LEDGER_TABLES",
+    "MAX_NANOS",
     "NANOS_PER_USD",
     "UTCDateTime",
     "alerts",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: Nano-dollars per dollar: the ledger's unit of account.
 NANOS_PER_USD = 10**9
+#: The largest amount a BIGINT column holds (about $9.2 billion).
+MAX_NANOS = 2**63 - 1
 
 
 def to_nanos(amount: Decimal, *, what: str = "amount") -> int:
@@ -51,7 +54,12 @@ def to_nanos(amount: Decimal, *, what: str = "amount") -> int:
         raise ValueError(f"{what} must be a finite, non-negative number of dollars, got {amount}")
     with localcontext() as ctx:
         ctx.prec = 60  # enough for any BIGINT of nano-dollars: no rounding before ours
-        return int((value * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+        nanos = int((value * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+    if nanos > MAX_NANOS:
+        raise ValueError(
+            f"{what} of ${amount} is larger than the ledger can count (${MAX_NANOS // NANOS_PER_USD})"
+        )
+    return nanos
 
 
 def from_nanos(nanos: int) -> Decimal:

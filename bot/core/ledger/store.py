@@ -1,29 +1,32 @@
 """Statements the ledger's write transactions are made of; each runs on a connection in a transaction.
 
-Lock order on PostgreSQL (why replicas never deadlock): a transaction touches ``budget_periods``
-rows only in ascending id order, and takes any hold row before any budget row.
+Lock order on PostgreSQL (why replicas never deadlock): every transaction updates
+``budget_periods`` rows in ``lock_order`` (one fixed total order), and deletes a hold row before
+touching any budget row.
+
+The statements on the hot path are built once with bind parameters: building and hashing a
+SQLAlchemy statement costs more CPU than the database spends running it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.core.config import BudgetConfig
 from bot.core.ledger.database import Database
-from bot.core.ledger.models import Alert
-from bot.core.ledger.periods import TOTAL_PERIOD_START, Target
+from bot.core.ledger.periods import Target
 from bot.core.ledger.schema import (
-    alerts,
+    UTCDateTime,
     budget_overrides,
     budget_periods,
     calls,
-    from_nanos,
     hold_items,
     holds,
     to_nanos,
@@ -36,26 +39,84 @@ __all__ = [
     "claim_hold",
     "effective_limits",
     "ensure_periods",
-    "insert_alerts",
+    "expired_hold_exists",
     "insert_call",
     "load_overrides",
+    "lock_order",
     "pick_limit",
-    "row_to_alert",
+    "reserve_row",
+    "sweep_batch",
 ]
 
 #: (budget, scope, scope_key, period, period_start): the unique key of a budget_periods row.
 PeriodKey = tuple[str, str, str, str, datetime]
 
 _bp = budget_periods.c
+_bind = sa.bindparam  # names start with p_: SQLAlchemy reserves column names in UPDATE … SET
+
+_SELECT_OVERRIDES = sa.select(
+    budget_overrides.c.budget, budget_overrides.c.scope_key, budget_overrides.c.limit_nano_usd
+).where(budget_overrides.c.budget.in_(_bind("p_names", expanding=True)))
+
+# The check and the hold in one statement. On PostgreSQL the row lock makes a concurrent reserver
+# wait, then re-evaluate the WHERE against our committed result; on SQLite we are the only writer.
+# The limit is written too, so a limit changed in config or by an admin applies to this period.
+_RESERVE_ROW = (
+    sa.update(budget_periods)
+    .where(
+        _bp.id == _bind("p_id"),
+        _bp.spent_nano_usd + _bp.reserved_nano_usd + _bind("p_amount") <= _bind("p_limit"),
+    )
+    .values(reserved_nano_usd=_bp.reserved_nano_usd + _bind("p_amount"), limit_nano_usd=_bind("p_limit"))
+)
+_SELECT_ROW_MONEY = sa.select(_bp.spent_nano_usd, _bp.reserved_nano_usd).where(_bp.id == _bind("p_id"))
+
+# Reserved is clamped at zero so that a bug can never turn into extra room in the budget.
+_CHARGE_ROW = (
+    sa.update(budget_periods)
+    .where(_bp.id == _bind("p_id"))
+    .values(
+        reserved_nano_usd=sa.case(
+            (_bp.reserved_nano_usd > _bind("p_give_back"), _bp.reserved_nano_usd - _bind("p_give_back")),
+            else_=0,
+        ),
+        spent_nano_usd=_bp.spent_nano_usd + _bind("p_spend"),
+    )
+    .returning(
+        _bp.id,
+        _bp.budget,
+        _bp.scope,
+        _bp.scope_key,
+        _bp.period,
+        _bp.period_start,
+        _bp.spent_nano_usd,
+        _bp.limit_nano_usd,
+    )
+)
+_DELETE_HOLD = sa.delete(holds).where(holds.c.id == _bind("p_id")).returning(holds.c.amount_nano_usd)
+_DELETE_HOLD_ITEMS = (
+    sa.delete(hold_items)
+    .where(hold_items.c.hold_id == _bind("p_id"))
+    .returning(hold_items.c.budget_period_id)
+)
+_EXPIRED_HOLD = (
+    sa.select(holds.c.id).where(holds.c.expires_at <= _bind("p_now", type_=UTCDateTime())).limit(1)
+)
+
+
+def lock_order(row_ids: Iterable[int]) -> list[int]:
+    """The one order in which any transaction updates budget rows: descending id.
+
+    Any fixed total order rules out deadlocks between replicas. Descending id puts the oldest rows
+    last, and those are the most shared (the global budget's row is created by the first call of a
+    period, a new user's row later): the hottest row is then locked only from its UPDATE to COMMIT.
+    """
+    return sorted(set(row_ids), reverse=True)
 
 
 async def load_overrides(conn: AsyncConnection, names: Iterable[str]) -> dict[tuple[str, str], int]:
     """Return ``{(budget, scope_key): limit in nano-dollars}`` of the admins' overrides of these budgets."""
-    rows = await conn.execute(
-        sa.select(
-            budget_overrides.c.budget, budget_overrides.c.scope_key, budget_overrides.c.limit_nano_usd
-        ).where(budget_overrides.c.budget.in_(sorted(set(names))))
-    )
+    rows = await conn.execute(_SELECT_OVERRIDES, {"p_names": sorted(set(names))})
     return {(r.budget, r.scope_key): int(r.limit_nano_usd) for r in rows}
 
 
@@ -143,39 +204,50 @@ async def ensure_periods(
     return ids
 
 
+@functools.cache
+def _insert_call_statement(backend: str) -> sa.Insert:
+    insert = sqlite.insert(calls) if backend == "sqlite" else postgresql.insert(calls)
+    return insert.on_conflict_do_nothing(index_elements=["request_id"]).returning(calls.c.id)
+
+
 async def insert_call(conn: AsyncConnection, db: Database, record: CallRecord) -> bool:
     """Insert the calls row; False when ``request_id`` is already recorded (then nothing changes)."""
     p, u = record.principal, record.usage
-    created = record.created_at
-    if created.tzinfo is None:
+    if record.created_at.tzinfo is None:
         raise ValueError("CallRecord.created_at must be timezone-aware")
-    stmt = (
-        db.insert_ignore(calls, ["request_id"])
-        .values(
-            request_id=record.request_id,
-            created_at=created,
-            surface=p.surface,
-            principal=p.label,
-            team_id=p.team_id,
-            user_id=p.user_id,
-            channel_id=p.channel_id,
-            client_id=p.client_id,
-            provider=record.provider,
-            model=record.model,
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=u.cache_read_tokens,
-            cache_write_tokens=u.cache_write_tokens,
-            reasoning_tokens=u.reasoning_tokens,
-            cost_nano_usd=to_nanos(record.cost_usd, what="cost_usd"),
-            cost_estimated=record.cost_estimated,
-            latency_ms=float(record.latency_ms),
-            outcome=record.outcome,
-            error_code=record.error_code,
-        )
-        .returning(calls.c.id)
-    )
-    return (await conn.execute(stmt)).scalar_one_or_none() is not None
+    params = {
+        "request_id": record.request_id,
+        "created_at": record.created_at,
+        "surface": p.surface,
+        "principal": p.label,
+        "team_id": p.team_id,
+        "user_id": p.user_id,
+        "channel_id": p.channel_id,
+        "client_id": p.client_id,
+        "provider": record.provider,
+        "model": record.model,
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "cost_nano_usd": to_nanos(record.cost_usd, what="cost_usd"),
+        "cost_estimated": record.cost_estimated,
+        "latency_ms": float(record.latency_ms),
+        "outcome": record.outcome,
+        "error_code": record.error_code,
+    }
+    result = await conn.execute(_insert_call_statement(db.backend), params)
+    return result.scalar_one_or_none() is not None
+
+
+async def reserve_row(conn: AsyncConnection, row_id: int, amount: int, limit: int) -> tuple[int, int] | None:
+    """Add ``amount`` to the row's reserved if it fits under ``limit``; else return (spent, reserved)."""
+    params = {"p_id": row_id, "p_amount": amount, "p_limit": limit}
+    if (await conn.execute(_RESERVE_ROW, params)).rowcount == 1:
+        return None
+    row = (await conn.execute(_SELECT_ROW_MONEY, {"p_id": row_id})).one()
+    return int(row.spent_nano_usd), int(row.reserved_nano_usd)
 
 
 async def claim_hold(conn: AsyncConnection, hold_id: str) -> tuple[int, list[int]] | None:
@@ -184,122 +256,70 @@ async def claim_hold(conn: AsyncConnection, hold_id: str) -> tuple[int, list[int
     Deleting the hold row first is the claim: of settle, release and the sweeper racing on one
     hold, exactly one deletes it, and only that one gives the reservation back.
     """
-    amount = (
-        await conn.execute(sa.delete(holds).where(holds.c.id == hold_id).returning(holds.c.amount_nano_usd))
-    ).scalar_one_or_none()
+    amount = (await conn.execute(_DELETE_HOLD, {"p_id": hold_id})).scalar_one_or_none()
     if amount is None:
         return None
-    ids = (
-        await conn.execute(
-            sa.delete(hold_items)
-            .where(hold_items.c.hold_id == hold_id)
-            .returning(hold_items.c.budget_period_id)
-        )
-    ).scalars()
-    return int(amount), sorted(int(i) for i in ids)
+    ids = (await conn.execute(_DELETE_HOLD_ITEMS, {"p_id": hold_id})).scalars()
+    return int(amount), [int(i) for i in ids]
+
+
+async def expired_hold_exists(conn: AsyncConnection, now: datetime) -> bool:
+    """True if any hold expired at or before ``now``."""
+    return (await conn.execute(_EXPIRED_HOLD, {"p_now": now})).first() is not None
 
 
 async def charge_rows(
     conn: AsyncConnection, row_ids: Iterable[int], *, unreserve: Mapping[int, int], spend: int
 ) -> list[sa.Row[Any]]:
-    """Take ``unreserve[id]`` off each row's reserved and add ``spend`` to its spent, in id order.
+    """Take ``unreserve[id]`` off each row's reserved and add ``spend`` to its spent, in lock order.
 
     No limit check: this is money already spent (a settled call may cost more than its hold).
-    Reserved is clamped at zero so that a bug can never turn into extra room in the budget.
     """
     updated = []
-    for row_id in sorted(set(row_ids)):
+    for row_id in lock_order(row_ids):
         give_back = unreserve.get(row_id, 0)
         if give_back == 0 and spend == 0:
             continue
-        result = await conn.execute(
-            sa.update(budget_periods)
-            .where(_bp.id == row_id)
-            .values(
-                reserved_nano_usd=sa.case(
-                    (_bp.reserved_nano_usd > give_back, _bp.reserved_nano_usd - give_back), else_=0
-                ),
-                spent_nano_usd=_bp.spent_nano_usd + spend,
-            )
-            .returning(
-                _bp.id,
-                _bp.budget,
-                _bp.scope,
-                _bp.scope_key,
-                _bp.period,
-                _bp.period_start,
-                _bp.spent_nano_usd,
-                _bp.limit_nano_usd,
-            )
-        )
-        row = result.one_or_none()
+        params = {"p_id": row_id, "p_give_back": give_back, "p_spend": spend}
+        row = (await conn.execute(_CHARGE_ROW, params)).one_or_none()
         if row is not None:
             updated.append(row)
     return updated
 
 
-def row_to_alert(row: Any) -> Alert:
-    """Build an ``Alert`` from an alerts row."""
-    start = row.period_start
-    return Alert(
-        id=int(row.id),
-        budget=row.budget,
-        scope=row.scope,
-        scope_key=row.scope_key,
-        period=row.period,
-        period_start=None if start == TOTAL_PERIOD_START else start,
-        threshold=float(row.threshold),
-        kind=row.kind,
-        fraction=float(row.fraction),
-        spent=from_nanos(row.spent_nano_usd),
-        limit=from_nanos(row.limit_nano_usd),
-        channel=row.channel,
-        created_at=row.created_at,
-        delivered_at=row.delivered_at,
-        attempts=int(row.attempts),
+_SWEEP_HOLDS = (
+    sa.delete(holds)
+    .where(
+        holds.c.id.in_(
+            sa.select(holds.c.id)
+            .where(holds.c.expires_at <= _bind("p_now", type_=UTCDateTime()))
+            .order_by(holds.c.id)
+            .limit(_bind("p_batch"))
+            .scalar_subquery()
+        )
     )
+    .returning(holds.c.id, holds.c.amount_nano_usd)
+)
+_SWEEP_ITEMS = (
+    sa.delete(hold_items)
+    .where(hold_items.c.hold_id.in_(_bind("p_ids", expanding=True)))
+    .returning(hold_items.c.hold_id, hold_items.c.budget_period_id)
+)
 
 
-async def insert_alerts(
-    conn: AsyncConnection,
-    db: Database,
-    rows: Sequence[sa.Row[Any]],
-    budgets: Mapping[str, BudgetConfig],
-    now: datetime,
-) -> list[Alert]:
-    """Queue an alert for every threshold each budget row has reached; return the ones created now.
+async def sweep_batch(conn: AsyncConnection, now: datetime, batch: int) -> int:
+    """Release up to ``batch`` holds that expired at or before ``now``; return how many.
 
-    "Reached" rather than "crossed by this charge": the unique key makes repeats no-ops, and a
-    threshold passed only because an admin lowered the limit still gets its alert.
+    Like ``claim_hold``, deleting the hold rows is the claim, so a settle racing the sweeper on one
+    hold gives its reservation back exactly once.
     """
-    values = []
-    for row in rows:
-        budget = budgets.get(row.budget)
-        spent, limit = int(row.spent_nano_usd), int(row.limit_nano_usd)
-        if budget is None or limit <= 0:
-            continue  # a budget removed from config keeps its rows but sends no more alerts
-        for threshold in budget.alert_thresholds:
-            # Exact comparison: Decimal(str(0.8)) is 0.8, the float itself is not.
-            if spent >= Decimal(str(threshold)) * limit:
-                values.append(
-                    {
-                        "budget": row.budget,
-                        "scope": row.scope,
-                        "scope_key": row.scope_key,
-                        "period": row.period,
-                        "period_start": row.period_start,
-                        "threshold": threshold,
-                        "kind": "threshold",
-                        "fraction": spent / limit,
-                        "spent_nano_usd": spent,
-                        "limit_nano_usd": limit,
-                        "channel": budget.channel,
-                        "created_at": now,
-                        "attempts": 0,
-                    }
-                )
-    if not values:
-        return []
-    conflict = ["budget", "scope", "scope_key", "period", "period_start", "threshold"]
-    result = await conn.execute(db.insert_ignore(alerts, conflict).values(values).returning(*alerts.c))
-    return sorted((row_to_alert(r) for r in result), key=lambda a: a.id)
+    claimed = (await conn.execute(_SWEEP_HOLDS, {"p_now": now, "p_batch": batch})).all()
+    if not claimed:
+        return 0
+    amount_of = {r.id: int(r.amount_nano_usd) for r in claimed}
+    give_back: dict[int, int] = {}
+    for item in await conn.execute(_SWEEP_ITEMS, {"p_ids": list(amount_of)}):
+        row_id = int(item.budget_period_id)
+        give_back[row_id] = give_back.get(row_id, 0) + amount_of[item.hold_id]
+    await charge_rows(conn, give_back, unreserve=give_back, spend=0)
+    return len(claimed)

@@ -1,0 +1,252 @@
+"""Reserve, settle, release, record and sweep: the money rules, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from bot.core.errors import BudgetExceededError, ConfigurationError
+from bot.core.ledger import Hold, Ledger
+from bot.core.ledger import ledger as ledger_module
+from bot.core.types import Principal
+
+from .conftest import ALICE, BOB, FakeClock, OpenLedger, budget, fetch, record
+
+NOW = datetime(2025, 6, 11, 15, 30, tzinfo=UTC)
+ZERO = Decimal(0)
+
+
+async def reserve(
+    ledger: Ledger, amount: str, rid: str, principal: Principal = ALICE, model: str = "gpt-test"
+) -> Hold:
+    return await ledger.reserve(principal, Decimal(amount), request_id=rid, model=model, provider="openai")
+
+
+async def spent(ledger: Ledger, name: str) -> tuple[Decimal, Decimal]:
+    (row,) = [s for s in await ledger.status_all() if s.name == name]
+    return row.spent, row.reserved
+
+
+async def test_reserve_settle_charges_the_real_cost(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([budget("global", "1.00"), budget("per-user", "0.50", scope="user")])
+    hold = await reserve(ledger, "0.30", "r1")
+    assert hold.amount == Decimal("0.30") and len(hold.budget_period_ids) == 2
+    assert await spent(ledger, "global") == (ZERO, Decimal("0.3"))
+    await ledger.settle(hold, record(hold, "0.123456789"))
+    assert await spent(ledger, "global") == (Decimal("0.123456789"), ZERO)
+    assert await spent(ledger, "per-user") == (Decimal("0.123456789"), ZERO)
+    totals = await ledger.totals()
+    assert totals.cost_usd == Decimal("0.123456789") and totals.calls == 1
+    (row,) = await fetch(ledger, "SELECT outcome, cost_nano_usd, input_tokens FROM calls")
+    assert tuple(row) == ("ok", 123456789, 100)
+
+
+async def test_all_or_nothing_names_the_budget_that_lacks_room(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger(
+        [budget("global", "1.00"), budget("per-user", "0.10", scope="user", period="daily")],
+        clock=FakeClock(NOW),
+    )
+    hold = await reserve(ledger, "0.08", "r1")
+    with pytest.raises(BudgetExceededError) as info:
+        await reserve(ledger, "0.05", "r2")
+    err = info.value
+    assert err.budget == "per-user (user T1:alice)"
+    assert (err.limit, err.spent, err.reserved, err.requested) == (
+        Decimal("0.1"), Decimal(0), Decimal("0.08"), Decimal("0.05")
+    )  # fmt: skip
+    assert err.resets_at == datetime(2025, 6, 12, tzinfo=UTC)
+    # Nothing of the refused call was held on the global budget either, and no row was written.
+    assert await spent(ledger, "global") == (ZERO, Decimal("0.08"))
+    assert (await ledger.totals()).calls == 0
+    # Bob has his own per-user budget.
+    await reserve(ledger, "0.05", "r3", principal=BOB)
+    await ledger.release(hold)
+    assert await spent(ledger, "global") == (ZERO, Decimal("0.05"))
+
+
+async def test_settle_and_release_are_idempotent(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([budget("global", "1.00")])
+    hold = await reserve(ledger, "0.10", "r1")
+    await ledger.settle(hold, record(hold, "0.07"))
+    await ledger.settle(hold, record(hold, "0.07"))
+    await ledger.release(hold, record(hold, "0.07", outcome="error"))
+    await ledger.release(hold)
+    await ledger.record(record(hold, "0.07"))
+    assert await spent(ledger, "global") == (Decimal("0.07"), ZERO)
+    assert (await ledger.totals()).calls == 1
+
+
+async def test_settle_above_the_hold_charges_everything_and_then_refuses(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([budget("global", "0.10")])
+    hold = await reserve(ledger, "0.09", "r1")
+    await ledger.settle(hold, record(hold, "0.12"))  # provider billed more than estimated
+    assert await spent(ledger, "global") == (Decimal("0.12"), ZERO)
+    with pytest.raises(BudgetExceededError):
+        await reserve(ledger, "0", "r2")  # even a free call: the budget is over
+
+
+async def test_release_with_billed_tokens_charges_them(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([budget("global", "1.00")])
+    failed = await reserve(ledger, "0.20", "r1")
+    await ledger.release(failed, record(failed, "0.015", outcome="error"))
+    cancelled = await reserve(ledger, "0.20", "r2")
+    await ledger.release(cancelled, record(cancelled, outcome="cancelled"))
+    assert await spent(ledger, "global") == (Decimal("0.015"), ZERO)
+    by_outcome = (await ledger.totals()).by_outcome
+    assert {k: (v.calls, v.cost_usd) for k, v in by_outcome.items()} == {
+        "error": (1, Decimal("0.015")),
+        "cancelled": (1, ZERO),
+    }
+
+
+async def test_record_refused_at_zero_and_unreserved_cost(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger(
+        [budget("global", "1.00"), budget("gpt", "1.00", scope="model", key="gpt-test")]
+    )
+    await ledger.record(record("refused-1", outcome="refused"))
+    assert await ledger.status_all() == []  # a $0 row creates no budget rows
+    await ledger.record(record("direct", "0.25"))  # e.g. a cost learned after the fact
+    assert await spent(ledger, "global") == (Decimal("0.25"), ZERO)
+    assert await spent(ledger, "gpt") == (Decimal("0.25"), ZERO)
+    assert (await ledger.totals()).cost_usd == Decimal("0.25")
+
+
+async def test_no_budgets_still_holds_and_writes_rows(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([])
+    hold = await reserve(ledger, "5", "r1")
+    assert hold.budget_period_ids == ()
+    assert await ledger.settle(hold, record(hold, "4.5")) == []
+    assert (await ledger.totals()).cost_usd == Decimal("4.5")
+    assert await fetch(ledger, "SELECT * FROM holds") == []
+
+
+async def test_money_is_exact_and_never_float(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([budget("global", "0.3")])
+    for i in range(3):
+        hold = await reserve(ledger, "0.1", f"r{i}")
+        await ledger.settle(hold, record(hold, "0.1"))
+    # 0.1 + 0.1 + 0.1 == 0.3 exactly (as floats it would not be), so the budget is exactly full.
+    assert await spent(ledger, "global") == (Decimal("0.3"), ZERO)
+    assert (await ledger.status_all())[0].remaining == 0
+    with pytest.raises(TypeError, match="Decimal"):
+        await ledger.reserve(ALICE, 0.1, request_id="f", model="m", provider="p")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-negative"):
+        await reserve(ledger, "-1", "neg")
+    # Below a nano-dollar rounds up: never hold less than asked.
+    hold = await reserve(ledger, "0", "tiny")
+    await ledger.settle(hold, record(hold, "0.0000000001"))
+    assert (await ledger.totals()).cost_usd == Decimal("0.300000001")
+
+
+async def test_duplicate_request_and_mismatched_record(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger([budget("global", "1")])
+    hold = await reserve(ledger, "0.1", "same")
+    with pytest.raises(ValueError, match="already has a hold"):
+        await reserve(ledger, "0.1", "same")
+    with pytest.raises(ValueError, match="hold is for 'same'"):
+        await ledger.settle(hold, record("other", "0.1"))
+    assert await spent(ledger, "global") == (ZERO, Decimal("0.1"))
+
+
+async def test_expired_holds_are_swept_and_late_settles_still_charge(open_ledger: OpenLedger) -> None:
+    clock = FakeClock(NOW)
+    ledger = await open_ledger([budget("global", "1.00")], clock=clock, ttl=60)
+    stale = await reserve(ledger, "0.70", "crashed")
+    late = await reserve(ledger, "0.20", "slow")
+    assert stale.expires_at == datetime(2025, 6, 11, 15, 31, tzinfo=UTC)
+    assert await ledger.sweep_expired() == 0
+    with pytest.raises(BudgetExceededError):
+        await reserve(ledger, "0.5", "blocked")
+    clock.advance(seconds=60)
+    # reserve sweeps before refusing: the crashed process's hold no longer blocks.
+    fresh = await reserve(ledger, "0.5", "after-expiry")
+    assert await spent(ledger, "global") == (ZERO, Decimal("0.5"))
+    assert await ledger.sweep_expired() == 0
+    # The slow call finishes after its hold was swept: its real cost is still charged.
+    await ledger.settle(late, record(late, "0.05"))
+    await ledger.release(fresh)
+    assert await spent(ledger, "global") == (Decimal("0.05"), ZERO)
+    assert await fetch(ledger, "SELECT * FROM holds") == []
+
+
+async def test_sweep_returns_the_number_released(
+    open_ledger: OpenLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "_SWEEP_BATCH", 3)  # several batches
+    clock = FakeClock(NOW)
+    ledger = await open_ledger([budget("global", "10"), budget("u", "10", scope="user")], clock=clock, ttl=10)
+    for i in range(7):
+        await reserve(ledger, "0.1", f"r{i}", principal=ALICE if i % 2 else BOB)
+    clock.advance(seconds=5)
+    keep = await reserve(ledger, "0.1", "keep")
+    clock.advance(seconds=5)
+    assert await ledger.sweep_expired() == 7
+    assert await spent(ledger, "global") == (ZERO, Decimal("0.1"))
+    await ledger.release(keep)
+    assert all(s.reserved == 0 for s in await ledger.status_all())
+
+
+async def test_limit_changes_and_admin_overrides(open_ledger: OpenLedger, ledger_url: str) -> None:
+    clock = FakeClock(NOW)
+    ledger = await open_ledger([budget("global", "1.00"), budget("u", "0.10", scope="user")], clock=clock)
+    hold = await reserve(ledger, "0.10", "r1")
+    await ledger.settle(hold, record(hold, "0.10"))
+    await ledger.close()
+    # Config raised the per-user limit: the current period uses the new limit.
+    ledger = await open_ledger([budget("global", "1.00"), budget("u", "0.20", scope="user")], clock=clock)
+    status = {s.name: s for s in await ledger.status(ALICE)}
+    assert status["u"].limit == Decimal("0.2") and status["u"].spent == Decimal("0.1")
+    hold = await reserve(ledger, "0.10", "r2")
+    await ledger.release(hold)
+    # An admin override wins over config, for one user or for every key, and survives a restart.
+    await ledger.set_budget_limit("u", "T1:alice", Decimal("0.5"))
+    await ledger.set_budget_limit("u", None, Decimal("0.15"))
+    await ledger.close()
+    ledger = await open_ledger([budget("global", "1.00"), budget("u", "0.20", scope="user")], clock=clock)
+    assert [s.limit for s in await ledger.status(ALICE) if s.name == "u"] == [Decimal("0.5")]
+    assert [s.limit for s in await ledger.status(BOB) if s.name == "u"] == [Decimal("0.15")]
+    await reserve(ledger, "0.35", "r3")
+    with pytest.raises(BudgetExceededError):
+        await reserve(ledger, "0.16", "r4", principal=BOB)
+    with pytest.raises(ConfigurationError, match="unknown budget"):
+        await ledger.set_budget_limit("nope", None, Decimal(1))
+
+
+async def test_budget_added_later_starts_clean(open_ledger: OpenLedger) -> None:
+    clock = FakeClock(NOW)
+    ledger = await open_ledger([budget("global", "1.00")], clock=clock)
+    hold = await reserve(ledger, "0.5", "r1")
+    await ledger.settle(hold, record(hold, "0.5"))
+    await ledger.close()
+    ledger = await open_ledger([budget("global", "1.00"), budget("team", "0.6", scope="team")], clock=clock)
+    team = next(s for s in await ledger.status(ALICE) if s.name == "team")
+    assert (team.spent, team.remaining) == (ZERO, Decimal("0.6"))
+    hold = await reserve(ledger, "0.5", "r2")  # the whole team limit is free; global has 0.5 left
+    await ledger.settle(hold, record(hold, "0.5"))
+    assert await spent(ledger, "team") == (Decimal("0.5"), ZERO)
+    assert await spent(ledger, "global") == (Decimal("1.0"), ZERO)
+
+
+async def test_settles_racing_the_sweeper_give_each_hold_back_once(open_ledger: OpenLedger) -> None:
+    clock = FakeClock(NOW)
+    budgets = [budget("global", "100"), budget("u", "100", scope="user")]
+    settler = await open_ledger(budgets, clock=clock, ttl=10)
+    sweeper = await open_ledger(budgets, clock=clock, ttl=10)  # another replica: its own connections
+    holds = [await reserve(settler, "1", f"r{i}", principal=ALICE if i % 2 else BOB) for i in range(40)]
+    clock.advance(seconds=11)
+    await sweeper.status_all()  # open its connection first, so that it races from the start
+    settles = [
+        settler.settle(h, record(h, "0.5", principal=ALICE if i % 2 else BOB)) for i, h in enumerate(holds)
+    ]
+    results = await asyncio.gather(sweeper.sweep_expired(), *settles)
+    swept = results[0]
+    assert isinstance(swept, int) and 0 <= swept <= 40
+    # Whoever won each race, every call is charged once and every hold given back once.
+    assert await spent(settler, "global") == (Decimal(20), ZERO)
+    assert {s.scope_key: (s.spent, s.reserved) for s in await settler.status_all() if s.name == "u"} == {
+        "T1:alice": (Decimal(10), ZERO),
+        "T1:bob": (Decimal(10), ZERO),
+    }
