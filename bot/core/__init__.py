@@ -25,7 +25,7 @@ from bot.core.types import CallRecord, ChatResult, Message, ModelInfo, Principal
 
 if TYPE_CHECKING:
     from bot.core.factory import SessionFactory
-    from bot.core.session import Addon, CallContext, LLMSession
+    from bot.core.session import Addon, CallContext, CallObserver, LLMSession
 
 # The provider SDKs take ~2 s to import; names that need them load on first use, so that
 # `import bot.core.ledger` (or the CLI's --help) stays fast.
@@ -33,6 +33,7 @@ _LAZY = {
     "SessionFactory": "bot.core.factory",
     "Addon": "bot.core.session",
     "CallContext": "bot.core.session",
+    "CallObserver": "bot.core.session",
     "LLMSession": "bot.core.session",
 }
 
@@ -56,6 +57,7 @@ __all__ = [
     "BudgetConfig",
     "BudgetExceededError",
     "CallContext",
+    "CallObserver",
     "CallRecord",
     "ChatResult",
     "ConfigurationError",

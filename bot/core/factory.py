@@ -10,7 +10,7 @@ from typing import Any, Self
 from bot.core.config import AppConfig
 from bot.core.pricing import Pricer
 from bot.core.providers import Provider, ProviderRouter
-from bot.core.session import Addon, LedgerPort, LLMSession
+from bot.core.session import Addon, CallObserver, LedgerPort, LLMSession
 from bot.core.types import ModelInfo, Principal
 
 __all__ = ["SessionFactory"]
@@ -26,12 +26,15 @@ class SessionFactory:
         ledger: LedgerPort | None = None,
         env: Mapping[str, str] | None = None,
         addons: Sequence[Addon] = (),
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         self.config = config or AppConfig()
         self.pricer = Pricer(self.config.models)
         self.router = ProviderRouter(self.config, pricer=self.pricer, env=env)
         self.ledger = ledger
         self._addons = list(addons)
+        #: Told about every call of every session (metrics, immediate alert delivery).
+        self.observers: list[CallObserver] = list(observers)
 
     def create(
         self,
@@ -53,6 +56,7 @@ class SessionFactory:
             ledger=self.ledger,
             dry_run=dry_run,
             addons=self._addons,
+            observers=self.observers,
         )
 
     def provider(self, name: str) -> Provider:

@@ -6,7 +6,7 @@ questions every face asks: make a call for a principal, what are its budgets, wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -14,6 +14,7 @@ from bot.core.config import AppConfig
 from bot.core.factory import SessionFactory
 from bot.core.ledger import Ledger
 from bot.core.providers import OnText
+from bot.core.session import Addon, CallObserver
 from bot.core.types import ChatResult, ModelInfo, Principal
 
 __all__ = ["Gateway"]
@@ -23,11 +24,21 @@ class Gateway:
     """The single session core shared by the CLI, the MCP tools and the Slack commands."""
 
     def __init__(
-        self, config: AppConfig, *, ledger: Ledger | None = None, env: Mapping[str, str] | None = None
+        self,
+        config: AppConfig,
+        *,
+        ledger: Ledger | None = None,
+        env: Mapping[str, str] | None = None,
+        addons: Sequence[Addon] = (),
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         self.config = config
         self.ledger = ledger
-        self.sessions = SessionFactory(config, ledger=ledger, env=env)
+        self.sessions = SessionFactory(config, ledger=ledger, env=env, addons=addons, observers=observers)
+
+    def add_observer(self, observer: CallObserver) -> None:
+        """Tell ``observer`` about every later call (metrics, immediate alert delivery)."""
+        self.sessions.observers.append(observer)
 
     async def generate(
         self,

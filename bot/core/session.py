@@ -26,7 +26,7 @@ from bot.core.providers import ChatRequest, OnText, Provider, ProviderReply, Pro
 from bot.core.tokens import conservative_text_tokens
 from bot.core.types import CallRecord, ChatResult, Message, Principal, Usage, new_request_id
 
-__all__ = ["Addon", "CallContext", "LLMSession", "LedgerPort"]
+__all__ = ["Addon", "CallContext", "CallObserver", "LLMSession", "LedgerPort"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ class CallContext:
     worst_case_usd: Decimal
 
 
+class CallObserver(Protocol):
+    """Told about every call once its record is written: ok, refused, error or cancelled.
+
+    ``alerts`` are the ledger alerts the call created (thresholds it crossed), so a face can push
+    them at once; metrics count records. Observers must not raise (failures are logged).
+    """
+
+    async def on_call(self, record: CallRecord, alerts: Sequence[Any]) -> None: ...
+
+
 class Addon(Protocol):
     """A hook around every call; ``before_call`` may veto a call by raising."""
 
@@ -78,6 +88,7 @@ class LLMSession:
         ledger: LedgerPort | None = None,
         dry_run: bool = False,
         addons: Sequence[Addon] = (),
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         self.defaults = defaults or SessionDefaults()
         self.principal = principal or Principal.cli()
@@ -86,6 +97,7 @@ class LLMSession:
         self._router = router
         self._ledger = ledger
         self._addons = list(addons)
+        self._observers = list(observers)
         self.costs = CostTracker(self.defaults.budget_usd if budget_usd is None else budget_usd)
         self.tokens = TokenMonitor()
         self.alerts = AlertManager(list(self.defaults.alert_thresholds))
@@ -281,12 +293,26 @@ class LLMSession:
             raise
 
     async def _record_refusal(self, ctx: CallContext, err: BotError) -> None:
+        record = CallRecord(
+            ctx.request_id, self.principal, ctx.provider, ctx.model, "refused", error_code=err.code
+        )
+        await self._commit(record, None, settle=False)
+
+    async def _commit(self, record: CallRecord, hold: Any, *, settle: bool) -> None:
+        """Write ``record`` to the ledger (settling or releasing ``hold``), then tell the observers."""
+        alerts: Sequence[Any] = ()
         if self._ledger is not None:
-            await self._ledger.record(
-                CallRecord(
-                    ctx.request_id, self.principal, ctx.provider, ctx.model, "refused", error_code=err.code
-                )
-            )
+            if record.outcome == "refused":
+                await self._ledger.record(record)
+            elif settle:
+                alerts = await self._ledger.settle(hold, record) or ()
+            else:
+                alerts = await self._ledger.release(hold, record) or ()
+        for observer in self._observers:
+            try:
+                await observer.on_call(record, list(alerts))
+            except Exception:  # an observer (metrics, alert push) must never fail a call
+                log.exception("call observer failed", extra={"observer": type(observer).__name__})
 
     async def _call(
         self, provider: Provider, request: ChatRequest, ctx: CallContext, hold: Any, *, exact_input: bool
@@ -336,8 +362,7 @@ class LLMSession:
     async def _settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
         self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
         self.tokens.record(ctx.model, record.usage)
-        if self._ledger is not None:
-            await self._ledger.settle(hold, record)
+        await self._commit(record, hold, settle=True)
 
     async def _charge_failure(
         self,
@@ -380,8 +405,7 @@ class LLMSession:
                 latency_ms=latency,
                 error_code=code,
             )
-        if self._ledger is not None:
-            await self._ledger.release(hold, record)
+        await self._commit(record, hold, settle=False)
 
     # -- export ----------------------------------------------------------------------------------
 

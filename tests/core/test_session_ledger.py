@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.core import BudgetExceededError, ChatResult, Principal
+from bot.core import BudgetExceededError, CallRecord, ChatResult, Principal, ProviderError
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
@@ -91,3 +92,32 @@ async def test_cancelled_call_releases_its_ledger_hold(gateway: Gateway, fake: F
     assert Decimal(status["global"]["reserved"]) == 0 and Decimal(status["global"]["spent"]) == 0
     assert gateway.ledger is not None
     assert (await gateway.ledger.totals()).by_outcome["cancelled"].calls == 1
+
+
+async def test_observers_see_every_outcome_and_the_alerts_a_call_created(
+    tmp_path: Path, fake_env: dict[str, str], fake: FakeUpstream
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    class Recorder:
+        async def on_call(self, record: CallRecord, alerts: Sequence[Any]) -> None:
+            seen.append((record.outcome, len(alerts)))
+
+    class Broken:
+        async def on_call(self, record: CallRecord, alerts: Sequence[Any]) -> None:
+            raise RuntimeError("observer bug")
+
+    cost = await one_call_cost(fake_env)
+    budgets = [
+        BudgetConfig(name="tiny", scope="global", limit_usd=cost * 3, period="daily", alert_thresholds=[0.1])
+    ]
+    ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/o.db"), budgets)
+    async with Gateway(fast_config(), ledger=ledger, env=fake_env, observers=[Broken()]) as gateway:
+        gateway.add_observer(Recorder())
+        await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
+        fake.inject("server_error", times=5, path=CHAT)
+        with pytest.raises(ProviderError):
+            await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
+        with pytest.raises(BudgetExceededError):
+            await gateway.generate(ALICE, "x", model="gpt-4o", max_tokens=50_000)
+    assert seen == [("ok", 1), ("error", 0), ("refused", 0)]
