@@ -109,7 +109,7 @@ async def test_observers_see_every_outcome_and_the_alerts_a_call_created(
 
     cost = await one_call_cost(fake_env)
     budgets = [
-        BudgetConfig(name="tiny", scope="global", limit_usd=cost * 3, period="daily", alert_thresholds=[0.1])
+        BudgetConfig(name="tiny", scope="global", limit_usd=cost * 3, period="daily", alert_thresholds=[0.01])
     ]
     ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/o.db"), budgets)
     async with Gateway(fast_config(), ledger=ledger, env=fake_env, observers=[Broken()]) as gateway:
