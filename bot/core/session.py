@@ -13,57 +13,21 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from bot.core.accounting import Accountant, CallContext, CallObserver, LedgerPort
 from bot.core.config import SessionDefaults
 from bot.core.errors import AddonError, BotError, ProviderError, TokenLimitError, ValidationError
 from bot.core.monitoring import AlertCallback, AlertManager, CostTracker, TokenMonitor
-from bot.core.providers import ChatRequest, OnText, Provider, ProviderReply, ProviderRouter
-from bot.core.tokens import conservative_text_tokens
+from bot.core.providers import ChatRequest, OnText, Provider, ProviderRouter
 from bot.core.types import CallRecord, ChatResult, Message, Principal, Usage, new_request_id
 
 __all__ = ["Addon", "CallContext", "CallObserver", "LLMSession", "LedgerPort"]
 
 log = logging.getLogger(__name__)
-
-
-class LedgerPort(Protocol):
-    """What a session needs from the persistent ledger (``bot.core.ledger.Ledger``)."""
-
-    async def reserve(
-        self, principal: Principal, amount: Decimal, *, request_id: str, model: str, provider: str
-    ) -> Any: ...
-    async def settle(self, hold: Any, record: CallRecord) -> Any: ...
-    async def release(self, hold: Any, record: CallRecord | None = None) -> Any: ...
-    async def record(self, record: CallRecord) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """What an addon sees of a call about to be made."""
-
-    request_id: str
-    principal: Principal
-    model: str
-    provider: str
-    messages: Sequence[Message]
-    max_tokens: int
-    input_tokens: int
-    worst_case_usd: Decimal
-
-
-class CallObserver(Protocol):
-    """Told about every call once its record is written: ok, refused, error or cancelled.
-
-    ``alerts`` are the ledger alerts the call created (thresholds it crossed), so a face can push
-    them at once; metrics count records. Observers must not raise (failures are logged).
-    """
-
-    async def on_call(self, record: CallRecord, alerts: Sequence[Any]) -> None: ...
 
 
 class Addon(Protocol):
@@ -95,11 +59,10 @@ class LLMSession:
         self.session_id = new_request_id()
         self.dry_run = dry_run
         self._router = router
-        self._ledger = ledger
         self._addons = list(addons)
-        self._observers = list(observers)
         self.costs = CostTracker(self.defaults.budget_usd if budget_usd is None else budget_usd)
         self.tokens = TokenMonitor()
+        self._accounts = Accountant(self.costs, self.tokens, ledger, list(observers))
         self.alerts = AlertManager(list(self.defaults.alert_thresholds))
         self._calls: list[ChatResult] = []
         self._started: float | None = None
@@ -211,7 +174,7 @@ class LLMSession:
             worst,
         )
         await self._run_hooks("before_call", ctx)
-        hold = await self._reserve(ctx)
+        hold = await self._accounts.reserve(ctx)
         request = ChatRequest(messages, upstream, max_tokens, temperature, on_text)
         result = await self._call(provider, request, ctx, hold, exact_input=counted.exact)
         await self.alerts.check(self.costs.spent, self.costs.budget)
@@ -269,51 +232,6 @@ class LLMSession:
                     raise AddonError(getattr(addon, "name", type(addon).__name__), exc) from exc
                 log.exception("addon after_call failed", extra={"addon": getattr(addon, "name", "?")})
 
-    async def _reserve(self, ctx: CallContext) -> Any:
-        """Hold the worst case on the session budget and the ledger; refusals are recorded at $0."""
-        try:
-            self.costs.reserve(ctx.worst_case_usd)
-        except BotError as err:
-            await self._record_refusal(ctx, err)
-            raise
-        if self._ledger is None:
-            return None
-        try:
-            return await self._ledger.reserve(
-                self.principal,
-                ctx.worst_case_usd,
-                request_id=ctx.request_id,
-                model=ctx.model,
-                provider=ctx.provider,
-            )
-        except BaseException as err:
-            self.costs.release(ctx.worst_case_usd)
-            if isinstance(err, BotError):
-                await self._record_refusal(ctx, err)
-            raise
-
-    async def _record_refusal(self, ctx: CallContext, err: BotError) -> None:
-        record = CallRecord(
-            ctx.request_id, self.principal, ctx.provider, ctx.model, "refused", error_code=err.code
-        )
-        await self._commit(record, None, settle=False)
-
-    async def _commit(self, record: CallRecord, hold: Any, *, settle: bool) -> None:
-        """Write ``record`` to the ledger (settling or releasing ``hold``), then tell the observers."""
-        alerts: Sequence[Any] = ()
-        if self._ledger is not None:
-            if record.outcome == "refused":
-                await self._ledger.record(record)
-            elif settle:
-                alerts = await self._ledger.settle(hold, record) or ()
-            else:
-                alerts = await self._ledger.release(hold, record) or ()
-        for observer in self._observers:
-            try:
-                await observer.on_call(record, list(alerts))
-            except Exception:  # an observer (metrics, alert push) must never fail a call
-                log.exception("call observer failed", extra={"observer": type(observer).__name__})
-
     async def _call(
         self, provider: Provider, request: ChatRequest, ctx: CallContext, hold: Any, *, exact_input: bool
     ) -> ChatResult:
@@ -325,87 +243,25 @@ class LLMSession:
             outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             partial = exc.partial if isinstance(exc, ProviderError) else None
             # Shielded: a cancelled task must still give its money back and leave its record.
-            await asyncio.shield(self._charge_failure(provider, ctx, hold, exc, outcome, partial, latency))
+            await asyncio.shield(
+                self._accounts.charge_failure(provider, ctx, hold, exc, outcome, partial, latency)
+            )
             raise
         latency = (time.perf_counter() - started) * 1000
-        usage, estimated = self._usage_of(provider, reply, ctx, exact_input)
+        usage, estimated = self._accounts.usage_of(provider, reply, ctx, exact_input)
         cost = provider.calculate_cost(ctx.model, usage)
         record = CallRecord(
             ctx.request_id, self.principal, ctx.provider, ctx.model, "ok", usage, cost, latency, estimated
         )
-        await self._settle(hold, ctx, record)
+        # Shielded: the provider has billed this call, so a caller hanging up now must not stop
+        # the charge and its ledger row from being written.
+        await asyncio.shield(self._accounts.settle(hold, ctx, record))
         result = ChatResult(
             reply.text, ctx.model, ctx.provider, usage, cost, latency, ctx.request_id, reply.finish_reason,
             cost_estimated=estimated,
         )  # fmt: skip
         self._calls.append(result)
         return result
-
-    def _usage_of(
-        self, provider: Provider, reply: ProviderReply, ctx: CallContext, exact_input: bool
-    ) -> tuple[Usage, bool]:
-        """The usage the provider billed; without one, a conservative estimate flagged as such."""
-        if reply.usage is not None and (reply.usage.input_tokens or reply.usage.output_tokens):
-            return reply.usage, False
-        if reply.text:
-            log.warning(
-                "provider returned text but no usage; charging a conservative estimate",
-                extra={"provider": ctx.provider, "model": ctx.model, "request_id": ctx.request_id},
-            )
-        exact = exact_input and provider.provider_type == "openai"
-        output = conservative_text_tokens(reply.text, ctx.model, exact_tokenizer=exact)
-        input_tokens = (
-            reply.usage.input_tokens if reply.usage and reply.usage.input_tokens else ctx.input_tokens
-        )
-        return Usage(input_tokens=input_tokens, output_tokens=output), True
-
-    async def _settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
-        self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
-        self.tokens.record(ctx.model, record.usage)
-        await self._commit(record, hold, settle=True)
-
-    async def _charge_failure(
-        self,
-        provider: Provider,
-        ctx: CallContext,
-        hold: Any,
-        exc: BaseException,
-        outcome: Any,
-        partial: ProviderReply | None,
-        latency: float,
-    ) -> None:
-        code = exc.code if isinstance(exc, BotError) else type(exc).__name__
-        if isinstance(exc, ProviderError) and exc.billed_unknown and partial is None:
-            # Billed, amount unknown: charge the hold itself, the most the call could have cost.
-            usage = Usage(input_tokens=ctx.input_tokens, output_tokens=ctx.max_tokens)
-            self.costs.settle(ctx.worst_case_usd, ctx.worst_case_usd, ctx.model)
-            self.tokens.record(ctx.model, usage)
-            record = CallRecord(
-                ctx.request_id, self.principal, ctx.provider, ctx.model, outcome, usage, ctx.worst_case_usd,
-                latency, True, code,
-            )  # fmt: skip
-        elif partial is not None:
-            # A stream cut after the provider produced text was billed: charge what was used.
-            usage, estimated = self._usage_of(provider, partial, ctx, exact_input=True)
-            cost = provider.calculate_cost(ctx.model, usage)
-            self.costs.settle(ctx.worst_case_usd, cost, ctx.model)
-            self.tokens.record(ctx.model, usage)
-            record = CallRecord(
-                ctx.request_id, self.principal, ctx.provider, ctx.model, outcome, usage, cost, latency,
-                estimated, code,
-            )  # fmt: skip
-        else:
-            self.costs.release(ctx.worst_case_usd)
-            record = CallRecord(
-                ctx.request_id,
-                self.principal,
-                ctx.provider,
-                ctx.model,
-                outcome,
-                latency_ms=latency,
-                error_code=code,
-            )
-        await self._commit(record, hold, settle=False)
 
     # -- export ----------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import pytest
 
 from bot.core import BudgetExceededError, CallRecord, ChatResult, Principal, ProviderError
 from bot.core.config import BudgetConfig, DatabaseConfig
+from bot.core.factory import SessionFactory
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
 from tests.conftest import fast_config
@@ -121,3 +122,57 @@ async def test_observers_see_every_outcome_and_the_alerts_a_call_created(
         with pytest.raises(BudgetExceededError):
             await gateway.generate(ALICE, "x", model="gpt-4o", max_tokens=50_000)
     assert seen == [("ok", 1), ("error", 0), ("refused", 0)]
+
+
+class FlakyLedger:
+    """A real ledger whose first ``failures`` writes fail as a locked database would."""
+
+    def __init__(self, ledger: Ledger, failures: int) -> None:
+        self.ledger = ledger
+        self.failures = failures
+
+    def _maybe_fail(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database is locked")
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.ledger.reserve(*args, **kwargs)
+
+    async def settle(self, hold: Any, record: CallRecord) -> Any:
+        self._maybe_fail()
+        return await self.ledger.settle(hold, record)
+
+    async def release(self, hold: Any, record: CallRecord | None = None) -> Any:
+        self._maybe_fail()
+        return await self.ledger.release(hold, record)
+
+    async def record(self, record: CallRecord) -> None:
+        self._maybe_fail()
+        await self.ledger.record(record)
+
+
+@pytest.mark.parametrize(("failures", "kept"), [(2, True), (3, False)])
+async def test_a_passing_ledger_failure_does_not_lose_the_record(
+    tmp_path: Path,
+    fake_env: dict[str, str],
+    fake: FakeUpstream,
+    failures: int,
+    kept: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/f.db"), [])
+    flaky = FlakyLedger(ledger, failures)
+    async with (
+        SessionFactory(fast_config(), ledger=flaky, env=fake_env) as factory,
+        factory.create() as session,
+    ):
+        if kept:
+            result = await session.chat("x", model="gpt-4o-mini", max_tokens=20)
+            assert (await ledger.totals()).cost_usd == result.cost_usd
+        else:
+            with pytest.raises(OSError, match="locked"):
+                await session.chat("x", model="gpt-4o-mini", max_tokens=20)
+            logged = [r for r in caplog.records if r.getMessage().startswith("ledger write failed")]
+            assert logged and logged[0].record["outcome"] == "ok"  # type: ignore[attr-defined]
+    await ledger.close()

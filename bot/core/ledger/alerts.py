@@ -43,6 +43,9 @@ def row_to_alert(row: Any) -> Alert:
         created_at=row.created_at,
         delivered_at=row.delivered_at,
         attempts=int(row.attempts),
+        last_error=row.last_error,
+        projected=None if row.projected_nano_usd is None else from_nanos(row.projected_nano_usd),
+        next_attempt_at=row.next_attempt_at,
     )
 
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from bot.core.ledger.database import Database
 from bot.core.ledger.schema import UTCDateTime, schema_migrations
 
-__all__ = ["MIGRATIONS", "Migration", "m001_initial", "migrate"]
+__all__ = ["MIGRATIONS", "Migration", "m001_initial", "m002_alert_delivery", "migrate"]
 
 #: A migration: runs DDL/DML on a synchronous connection inside the migration transaction.
 Migration = Callable[[sa.Connection], None]
@@ -125,8 +125,36 @@ def m001_initial(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def m002_alert_delivery(conn: sa.Connection) -> None:
+    """Add delivery leases, retry times, errors and forecasts to alerts; create ``job_runs``."""
+    for column in (
+        sa.Column("claimed_until", UTCDateTime()),
+        sa.Column("claimed_by", sa.String(64)),
+        sa.Column("next_attempt_at", UTCDateTime()),
+        sa.Column("last_error", sa.String(255)),
+        sa.Column("projected_nano_usd", sa.BigInteger),
+    ):
+        # ADD COLUMN of a nullable column: the same DDL on SQLite and PostgreSQL, no table rebuild.
+        type_ = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE alerts ADD COLUMN {column.name} {type_}"))
+    md = sa.MetaData()
+    sa.Table(
+        "job_runs",
+        md,
+        sa.Column("name", sa.String(100), primary_key=True),
+        sa.Column("run_key", sa.String(200), primary_key=True),
+        sa.Column("claimed_by", sa.String(64), nullable=False),
+        sa.Column("claimed_at", UTCDateTime(), nullable=False),
+        sa.Column("finished_at", UTCDateTime()),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, in order: (version, name, function).
-MIGRATIONS: tuple[tuple[int, str, Migration], ...] = ((1, "m001_initial", m001_initial),)
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
+    (1, "m001_initial", m001_initial),
+    (2, "m002_alert_delivery", m002_alert_delivery),
+)
 
 
 def _apply_pending(conn: sa.Connection) -> list[str]:

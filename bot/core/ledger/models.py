@@ -98,6 +98,12 @@ class Alert:
     created_at: datetime
     delivered_at: datetime | None = None
     attempts: int = 0
+    #: Why the last delivery attempt failed (or why it was skipped), if it did.
+    last_error: str | None = None
+    #: Projected spend at period end, for ``forecast`` alerts.
+    projected: Decimal | None = None
+    #: Earliest time of the next delivery attempt after a failure.
+    next_attempt_at: datetime | None = None
 
     @property
     def message(self) -> str:

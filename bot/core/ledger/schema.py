@@ -197,6 +197,12 @@ alerts = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("delivered_at", UTCDateTime(), index=True),
     sa.Column("attempts", sa.Integer, nullable=False),
+    # m002: delivery leases (a replica claims a row before sending it), retry backoff, forecasts.
+    sa.Column("claimed_until", UTCDateTime()),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("next_attempt_at", UTCDateTime()),
+    sa.Column("last_error", sa.String(255)),
+    sa.Column("projected_nano_usd", _Money),
     # The outbox key: replicas racing to create the same alert insert it once (ON CONFLICT DO NOTHING).
     sa.UniqueConstraint(
         "budget", "scope", "scope_key", "period", "period_start", "threshold", name="uq_alerts_once"
@@ -213,8 +219,21 @@ budget_overrides = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# m002: one row per scheduled job run (e.g. "report:day:2026-11-25"): the replica that inserts it
+# runs the job, so several replicas on one schedule post a report once.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("run_key", sa.String(200), primary_key=True),
+    sa.Column("claimed_by", sa.String(64), nullable=False),
+    sa.Column("claimed_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+)
+
 #: Every table the ledger owns, in an order safe for DROP (dependants first).
 LEDGER_TABLES = (
+    "job_runs",
     "alerts",
     "hold_items",
     "holds",
