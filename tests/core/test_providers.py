@@ -24,7 +24,7 @@ from bot.core.providers import (
     get_provider,
     list_providers,
 )
-from bot.core.types import Message
+from bot.core.types import Message, Usage
 from tests.conftest import fast_config
 from tests.fakes.upstream import FakeUpstream
 
@@ -175,3 +175,25 @@ def test_registry_and_router(fake_env: dict[str, str]) -> None:
     router = ProviderRouter(fast_config(), pricer=Pricer(), env=fake_env)
     assert router.resolve("claude-haiku-4-5").provider_name == "anthropic"
     assert router.resolve("gpt-4o-2024-08-06").provider_name == "openai"
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_validate_connection_and_model_info(
+    factory: SessionFactory, fake: FakeUpstream, name: str
+) -> None:
+    provider = factory.provider(name)
+    assert not provider.is_connected
+    assert await provider.validate_connection() and provider.is_connected
+    model = "gpt-4o-mini" if name == "openai" else "claude-haiku-4-5"
+    info = await provider.get_model_info(model)
+    assert info.context_window and info.input_per_mtok and info.output_per_mtok and info.priced
+    assert provider.estimate_cost(model, 1000, 100) > provider.calculate_cost(model, Usage(1000, 10))
+    with pytest.raises(ModelNotFoundError):
+        await provider.get_model_info("no-such-model")
+
+
+async def test_validate_connection_with_a_bad_key(fake_env: dict[str, str], fake: FakeUpstream) -> None:
+    async with SessionFactory(fast_config(), env={**fake_env, "ANTHROPIC_API_KEY": "bad"}) as factory:
+        with pytest.raises(ProviderError, match="rejected the API key"):
+            await factory.provider("anthropic").validate_connection()
+        assert not factory.provider("anthropic").is_connected
