@@ -157,21 +157,6 @@ class AnthropicProvider(Provider):
                 self._counts.popitem(last=False)
         return TokenCount(result.input_tokens, exact=True, method="anthropic-count-tokens")
 
-    async def validate_connection(self) -> bool:
-        """List models upstream; True when the key and base URL work."""
-        try:
-            await self._sdk().models.list()
-        except Exception as exc:
-            raise map_sdk_error(exc, provider=self.provider_name, model="") from exc
-        self._connected = True
-        return True
-
-    async def close(self) -> None:
-        """Close the SDK client."""
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
 
 def _estimate(messages: Sequence[Message]) -> int:
     raw = sum(count_text_tokens(m.content, "gpt-4") + _ESTIMATE_PER_MESSAGE for m in messages)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from bot.core.config import ModelConfig, ProviderConfig, RetryConfig
 from bot.core.errors import APIKeyMissingError, ModelNotFoundError, ProviderError
@@ -52,6 +52,8 @@ class Provider(ABC):
     #: Environment variables the SDK reads for its key and base URL.
     key_env: str = ""
     base_url_env: str = ""
+    #: The SDK client, built lazily by ``_sdk()`` (subclasses narrow the type).
+    _client: Any = None
 
     def __init__(
         self,
@@ -172,12 +174,23 @@ class Provider(ABC):
         """Count the prompt tokens of ``messages`` as the provider will bill them."""
 
     @abstractmethod
-    async def validate_connection(self) -> bool:
-        """Check that the provider answers with our key; sets ``is_connected``."""
+    def _sdk(self) -> Any:
+        """The official SDK's async client, built on first use (both SDKs share this surface)."""
 
-    @abstractmethod
+    async def validate_connection(self) -> bool:
+        """List models upstream; True when the key and base URL work. Sets ``is_connected``."""
+        try:
+            await self._sdk().models.list()
+        except Exception as exc:
+            raise map_sdk_error(exc, provider=self.provider_name, model="") from exc
+        self._connected = True
+        return True
+
     async def close(self) -> None:
         """Release the SDK client's connections."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def __aenter__(self) -> Self:
         return self

@@ -122,21 +122,6 @@ class OpenAIProvider(Provider):
             count_chat_tokens(messages, self.upstream_model(model)), exact=True, method="tiktoken"
         )
 
-    async def validate_connection(self) -> bool:
-        """List models upstream; True when the key and base URL work."""
-        try:
-            await self._sdk().models.list()
-        except Exception as exc:
-            raise map_sdk_error(exc, provider=self.provider_name, model="") from exc
-        self._connected = True
-        return True
-
-    async def close(self) -> None:
-        """Close the SDK client."""
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
 
 class OpenAICompatibleProvider(OpenAIProvider):
     """Any endpoint speaking OpenAI's Chat Completions (Ollama, vLLM, Groq, LM Studio…).
