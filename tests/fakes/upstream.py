@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -25,15 +24,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.fakes import upstream_anthropic as ant
 from tests.fakes import upstream_openai as oai
+from tests.fakes.loopback import CYCLE_KEY, CaptureCycle, ScriptedResponse, ThreadedServer
 
 __all__ = [
     "DEFAULT_ANTHROPIC_MODELS",
@@ -53,7 +51,6 @@ _ERROR_STATUS = {"rate_limit": 429, "server_error": 500, "unavailable": 503, "ov
 _WIRE: dict[Flavour, Any] = {"openai": oai, "anthropic": ant}  # provider modules with the same helpers
 DEFAULT_OPENAI_MODELS = oai.DEFAULT_MODELS
 DEFAULT_ANTHROPIC_MODELS = ant.DEFAULT_MODELS
-_CYCLE = "fake_upstream.cycle"
 
 
 @dataclass
@@ -77,44 +74,6 @@ class _Fault:
     retry_after: float | str | None
     path: str | None
     delay: float
-
-
-class _Scripted(Response):
-    """Sends an optional status line, body parts, then either ends the body or drops the connection."""
-
-    def __init__(
-        self, status: int | None, headers: dict[str, str], parts: Sequence[bytes] = (), *, drop: bool = False
-    ) -> None:
-        self.status, self.parts, self.drop = status, parts, drop
-        self.raw = [(k.encode(), v.encode()) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.status is not None:
-            await send({"type": "http.response.start", "status": self.status, "headers": self.raw})
-        for part in self.parts:
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-        if not self.drop:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        cycle = scope.get(_CYCLE)
-        if cycle is None:  # not uvicorn's h11 cycle: let the server close the connection
-            raise RuntimeError("fake upstream: dropping the connection")
-        cycle.transport.close()  # flushes what was written, then FIN; no terminating chunk
-        for _ in range(1000):
-            if cycle.disconnected:
-                return
-            await asyncio.sleep(0.001)
-
-
-class _CaptureCycle:
-    """Outermost ASGI layer: remembers uvicorn's request cycle (which owns the transport) in the scope."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[_CYCLE] = getattr(send, "__self__", None)
-        await self.app(scope, receive, send)
 
 
 class FakeUpstream:
@@ -144,12 +103,8 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self._sock: socket.socket | None = None
         self.reset()
-        self._app = _CaptureCycle(
+        app = CaptureCycle(
             Starlette(
                 routes=[
                     Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -160,6 +115,7 @@ class FakeUpstream:
                 ]
             )
         )
+        self._http = ThreadedServer(app, name="FakeUpstream")
 
     # ----------------------------------------------------------------- configuration
     def reset(self) -> None:
@@ -229,9 +185,7 @@ class FakeUpstream:
     @property
     def port(self) -> int:
         """The listening port (after :meth:`start`)."""
-        if self._port is None:
-            raise RuntimeError("FakeUpstream is not running")
-        return self._port
+        return self._http.port
 
     @property
     def base_url(self) -> str:
@@ -250,37 +204,14 @@ class FakeUpstream:
 
     def start(self) -> Self:
         """Start serving in a background thread; returns once the port is listening."""
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            self._app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-            ws="none", http="h11", loop="asyncio", proxy_headers=False, timeout_graceful_shutdown=2,
-        )  # fmt: skip
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._stopping.clear()
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError("FakeUpstream failed to start")
-            time.sleep(0.005)
-        self._server, self._thread, self._port, self._sock = server, thread, sock.getsockname()[1], sock
+        self._http.start()
         return self
 
     def stop(self) -> None:
         """Stop the server and wait for its thread (pending slow answers are cut short)."""
-        if self._server is None or self._thread is None:
-            return
         self._stopping.set()
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        if self._sock is not None:
-            self._sock.close()
-        self._server, self._thread, self._port, self._sock = None, None, None, None
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -300,7 +231,7 @@ class FakeUpstream:
 
     # ----------------------------------------------------------------- request plumbing
     async def _sleep(self, request: Request, seconds: float) -> None:
-        cycle = request.scope.get(_CYCLE)
+        cycle = request.scope.get(CYCLE_KEY)
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
             if cycle is not None and cycle.disconnected:
@@ -358,7 +289,7 @@ class FakeUpstream:
             if fault.kind == "slow":
                 await self._sleep(request, fault.delay)
             elif fault.kind == "drop":
-                return body, fault, rid, _Scripted(None, {}, drop=True)
+                return body, fault, rid, ScriptedResponse(None, {}, drop=True)
             elif (status := _ERROR_STATUS.get(fault.kind)) is not None:
                 reply = self._error(flavour, status, rid, _WIRE[flavour].status_error(status, rid))
                 if fault.retry_after is not None:
@@ -382,7 +313,7 @@ class FakeUpstream:
             return Response(raw[: len(raw) // 2], 200, headers)
         if kind == "drop_mid_stream":
             headers["content-length"] = str(len(raw))
-            return _Scripted(200, headers, [raw[: len(raw) // 2]], drop=True)
+            return ScriptedResponse(200, headers, [raw[: len(raw) // 2]], drop=True)
         return Response(raw, 200, headers)
 
     def _stream(
@@ -392,10 +323,10 @@ class FakeUpstream:
         headers["cache-control"] = "no-cache"
         kind = fault.kind if fault else None
         if kind == "drop_mid_stream":
-            return _Scripted(200, headers, frames[:cut], drop=True)
+            return ScriptedResponse(200, headers, frames[:cut], drop=True)
         if kind == "malformed":
             frames = [*frames[:cut], _WIRE[flavour].BROKEN_FRAME]
-        return _Scripted(200, headers, frames)
+        return ScriptedResponse(200, headers, frames)
 
     def _usage_on(self, fault: _Fault | None) -> bool:
         return not self.omit_usage and not (fault is not None and fault.kind == "no_usage")
