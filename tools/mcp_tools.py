@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Annotated, Any
 
 from mcp.server.context import ServerRequestContext
@@ -21,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from bot.core.config import McpConfig
 from bot.core.errors import BotError
-from bot.core.gateway import Gateway
+from bot.core.gateway import Gateway, tightest
 from bot.core.types import ChatResult, Principal
 
 __all__ = [
@@ -157,7 +156,7 @@ def _budget_entry(status: dict[str, Any]) -> BudgetEntry:
 
 
 def _tightest(entries: list[BudgetEntry]) -> BudgetEntry | None:
-    return min(entries, key=lambda e: Decimal(e.remaining_usd), default=None)
+    return tightest(entries, lambda e: e.remaining_usd)
 
 
 def _principal() -> Principal:

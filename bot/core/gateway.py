@@ -6,9 +6,11 @@ questions every face asks: make a call for a principal, what are its budgets, wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from operator import itemgetter
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from bot.core.config import AppConfig
 from bot.core.factory import SessionFactory
@@ -17,7 +19,9 @@ from bot.core.providers import OnText
 from bot.core.session import Addon, CallObserver
 from bot.core.types import ChatResult, ModelInfo, Principal
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "tightest"]
+
+T = TypeVar("T")
 
 
 class Gateway:
@@ -70,6 +74,10 @@ class Gateway:
             return []
         return [s.to_dict() for s in await self.ledger.status(principal)]
 
+    async def tightest_budget(self, principal: Principal) -> dict[str, Any] | None:
+        """The applicable budget with the least money left (what limits the next call), or None."""
+        return tightest(await self.budget_status(principal))
+
     async def list_models(self, provider: str | None = None) -> list[tuple[ModelInfo, bool]]:
         """Usable models with whether their provider has a key."""
         return await self.sessions.list_models(provider)
@@ -87,3 +95,12 @@ class Gateway:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def tightest(statuses: Sequence[T], remaining: Callable[[T], Any] | None = None) -> T | None:
+    """Of budget statuses, the one with the least money left: it limits the next call (None: no budgets).
+
+    ``remaining`` reads an entry's money left (a Decimal or its string); by default ``entry["remaining"]``.
+    """
+    read: Callable[[Any], Any] = remaining or itemgetter("remaining")
+    return min(statuses, key=lambda s: Decimal(read(s)), default=None)

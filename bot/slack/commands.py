@@ -58,10 +58,6 @@ def parse_generate(text: str) -> tuple[str | None, str]:
     return (model or None), rest.strip()
 
 
-def _remaining(statuses: list[dict[str, Any]]) -> Decimal | None:
-    return min((Decimal(s["remaining"]) for s in statuses), default=None)
-
-
 class SlackCommands:
     """Handlers for ``/generate``, ``/budget`` and ``/models``, bound to one gateway and Web API client."""
 
@@ -131,7 +127,8 @@ class SlackCommands:
         if not stream.text and result.text:  # a provider that did not stream
             stream.text = result.text
         try:
-            remaining = _remaining(await self.gateway.budget_status(principal))
+            tightest = await self.gateway.tightest_budget(principal)
+            remaining = Decimal(tightest["remaining"]) if tightest else None
         except Exception:  # the answer matters more than the footer's last figure
             log.exception("budget status failed after a call for %s", principal.label)
             remaining = None
