@@ -1,0 +1,180 @@
+"""``ServerSettings``: where ``bot serve`` listens and keeps its data, read from the environment.
+
+``BOT_HOST`` defaults to ``0.0.0.0`` because the server is meant to run in a container, where
+binding to loopback would make it unreachable; on a laptop pass ``--host 127.0.0.1`` (or set
+``BOT_HOST``) to keep it private. Every invalid value is a ``ConfigurationError`` naming the
+variable and the fix, which the command line prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.core.config import AppConfig, DatabaseConfig
+from bot.core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from bot.core.gateway import Gateway
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ServerSettings",
+    "apply_data_dir",
+    "bind_socket",
+    "config_secrets",
+    "slack_settings_from_env",
+    "startup_summary",
+]
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8080
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_GRACE = 30.0
+
+
+def _port(raw: str, source: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(
+            f"{source} must be a port number between 1 and 65535, got '{raw}'",
+            source="environment" if source.startswith("BOT_") else "command line",
+            hint="Use e.g. BOT_PORT=8080 or --port 8080.",
+        )
+    return port
+
+
+def _grace(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ConfigurationError(
+            f"BOT_SHUTDOWN_GRACE must be a number of seconds between 0 and 3600, got '{raw}'",
+            source="environment",
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Bind address, port, data folder and shutdown grace period of ``bot serve``."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    #: Seconds a shutdown waits for calls in flight before closing anyway.
+    shutdown_grace: float = DEFAULT_GRACE
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, host: str | None = None, port: str | int | None = None
+    ) -> ServerSettings:
+        """Read ``BOT_HOST``, ``BOT_PORT``, ``BOT_DATA_DIR``, ``BOT_SHUTDOWN_GRACE``; flags win over env."""
+        env = os.environ if env is None else env
+        if port is not None:
+            number = _port(str(port), "--port")
+        else:
+            number = _port(env["BOT_PORT"], "BOT_PORT") if env.get("BOT_PORT") else DEFAULT_PORT
+        host = host or env.get("BOT_HOST") or DEFAULT_HOST
+        grace = _grace(env["BOT_SHUTDOWN_GRACE"]) if env.get("BOT_SHUTDOWN_GRACE") else DEFAULT_GRACE
+        data_dir = Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+        return cls(host=host, port=number, data_dir=data_dir, shutdown_grace=grace)
+
+    def ensure_data_dir(self) -> Path:
+        """Create the data folder if needed and prove it is writable (fail now, not at first call)."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.data_dir, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the data folder {self.data_dir} is not writable ({exc.strerror or exc})",
+                source="environment",
+                field="BOT_DATA_DIR",
+                hint="Point BOT_DATA_DIR at a folder this user can write, or fix its permissions.",
+            ) from None
+        return self.data_dir
+
+
+def apply_data_dir(config: AppConfig, settings: ServerSettings, env: Mapping[str, str]) -> AppConfig:
+    """Put the default SQLite ledger under the data folder unless a database URL was chosen.
+
+    The core's embedded default is relative to the working directory; a server should keep its
+    ledger where ``BOT_DATA_DIR`` says (``/data`` in the container, a mounted volume).
+    """
+    if env.get("BOT_DATABASE_URL") or config.database.url != DatabaseConfig().url:
+        return config
+    path = (settings.data_dir / "bot.db").resolve()
+    database = config.database.model_copy(update={"url": f"sqlite+aiosqlite:///{path}"})
+    return config.model_copy(update={"database": database})
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, so a taken port is a clear start-up error (exit 2)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            source="environment",
+            hint="Choose another port with --port or BOT_PORT, or stop what is using it.",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def slack_settings_from_env() -> Any:
+    """``SlackSettings`` when either Slack secret is set (both are then required), else None."""
+    if not (os.environ.get("SLACK_BOT_TOKEN") or os.environ.get("SLACK_SIGNING_SECRET")):
+        return None
+    from bot.slack.settings import SlackSettings
+
+    return SlackSettings.from_env()  # one of the two alone is an error, named in its message
+
+
+def startup_summary(settings: ServerSettings, config: AppConfig, gateway: Gateway, slack: Any) -> str:
+    """The one start-up line: what is on, and how to turn on what is off."""
+    from bot.core.ledger.database import normalise_url
+
+    url, backend = normalise_url(config.database.url)
+    db = f"sqlite {url.database}" if backend == "sqlite" else f"postgresql {url.host}/{url.database}"
+    keyed = [p.provider_name for p in gateway.sessions.router.providers.values() if p.has_key]
+    parts = [f"bot serve listening on http://{settings.host}:{settings.port}", "/healthz /readyz /metrics on"]
+    if slack is None:
+        parts.append("Slack off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET for /slack/events)")
+    elif slack.app_token:
+        parts.append("Slack on (/slack/events and Socket Mode)")
+    else:
+        parts.append("Slack on (/slack/events; set SLACK_APP_TOKEN for Socket Mode)")
+    if config.mcp.clients:
+        parts.append(f"MCP over HTTP on (/mcp, {len(config.mcp.clients)} clients)")
+    else:
+        parts.append("MCP over HTTP off (add bearer tokens under mcp.clients in the BOT_CONFIG file)")
+    parts.append(f"ledger {db}")
+    parts.append(
+        f"providers with keys: {', '.join(keyed)}"
+        if keyed
+        else "no provider keys (set OPENAI_API_KEY or ANTHROPIC_API_KEY)"
+    )
+    return "; ".join(parts)
+
+
+def config_secrets(config: AppConfig) -> list[str]:
+    """Secret values found in the config (MCP tokens, provider keys), for log redaction."""
+    tokens = [c.token.get_secret_value() for c in config.mcp.clients.values()]
+    keys = [p.api_key.get_secret_value() for p in config.providers.values() if p.api_key]
+    return tokens + keys

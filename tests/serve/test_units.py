@@ -1,0 +1,124 @@
+"""In-process pieces of ``bot serve``: redaction, structured logs, metrics, settings."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.core.config import AppConfig
+from bot.core.errors import ConfigurationError
+from bot.core.types import CallRecord, Principal, Usage
+from bot.logging_setup import Redactor, configure_logging, request_id_var
+from bot.metrics import Metrics
+from bot.settings import ServerSettings, apply_data_dir
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-abcdefghijklmnop1234",
+        "sk-ant-api03-abcdefghijklmnop",
+        "xoxb-123-456-abcdef",
+        "xapp-1-A1-abc",
+        "xoxp-99-abc",
+        "configured-secret-value",
+    ],
+)
+def test_redactor_masks_known_shapes_and_configured_values(secret: str) -> None:
+    redactor = Redactor(["configured-secret-value", "abc"])  # too short to mask: would garble text
+    assert secret not in redactor.text(f"key={secret}!")
+    assert redactor.text("abc is fine") == "abc is fine"
+    assert redactor.text("Authorization: Bearer 0123456789abcdef") == "Authorization: Bearer ***"
+    assert redactor.text("bearer tokens are configured") == "bearer tokens are configured"
+    assert redactor.text("postgresql://bot:pa55word@db/x") == "postgresql://bot:***@db/x"
+
+
+def test_logs_are_json_with_request_id_and_masked_everywhere(restore_logging: None) -> None:
+    stream = io.StringIO()  # not a terminal: JSON
+    configure_logging("INFO", secrets=["my-very-secret"], stream=stream)
+    log = logging.getLogger("bot.test")
+    token = request_id_var.set("req-42")
+    try:
+        log.info(
+            "calling with %s",
+            "my-very-secret",
+            extra={"header": "Bearer my-very-secret", "nested": {"k": ["sk-abcdefghijklmn"]}},
+        )
+        try:
+            raise RuntimeError("failed with key sk-abcdefghijklmn")
+        except RuntimeError:
+            log.exception("boom")
+    finally:
+        request_id_var.reset(token)
+    out = stream.getvalue()
+    assert "my-very-secret" not in out and "sk-abcdefghijklmn" not in out
+    first, second = (json.loads(line) for line in out.splitlines() if line.startswith("{"))
+    assert first["request_id"] == "req-42" and first["message"] == "calling with ***"
+    assert first["nested"] == {"k": ["***"]} and first["level"] == "INFO"
+    assert "RuntimeError" in second["exception"]
+
+
+def test_plain_format_on_a_terminal(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", json_format=False, secrets=["my-very-secret"], stream=stream)
+    logging.getLogger("bot.test").warning("key my-very-secret", extra={"user": "u1"})
+    line = stream.getvalue().strip()
+    assert line.endswith("key *** user=u1") and "[-]" in line and not line.startswith("{")
+
+
+async def test_metrics_count_every_outcome_by_surface() -> None:
+    metrics = Metrics()
+    usage = Usage(input_tokens=10, output_tokens=5)
+    ok = CallRecord(
+        "r1",
+        Principal(surface="mcp", client_id="a"),
+        "openai",
+        "gpt-4o-mini",
+        "ok",
+        usage,
+        Decimal("0.002"),
+        120.0,
+    )
+    refused = CallRecord("r2", Principal(surface="slack", user_id="u"), "openai", "gpt-4o", "refused")
+    await metrics.on_call(ok, [])
+    await metrics.on_call(refused, [])
+    metrics.alert_delivered("threshold", ok=True)
+    metrics.alert_delivered("threshold", ok=False)
+    text = (await metrics.render()).decode()
+    assert 'llm_calls_total{model="gpt-4o-mini",outcome="ok",provider="openai",surface="mcp"} 1.0' in text
+    assert 'llm_calls_total{model="gpt-4o",outcome="refused",provider="openai",surface="slack"} 1.0' in text
+    assert 'kind="output",model="gpt-4o-mini",outcome="ok",provider="openai",surface="mcp"} 5.0' in text
+    assert (
+        'llm_cost_usd_total{model="gpt-4o-mini",outcome="ok",provider="openai",surface="mcp"} 0.002' in text
+    )
+    assert 'budget_alert_deliveries_total{kind="threshold",outcome="failed"} 1.0' in text
+    assert "llm_call_latency_seconds_bucket" in text
+    assert Metrics().registry is not metrics.registry  # never the global registry
+
+
+def test_settings_from_env_and_flags(tmp_path: Path) -> None:
+    assert ServerSettings.from_env({}) == ServerSettings()
+    s = ServerSettings.from_env(
+        {"BOT_HOST": "127.0.0.1", "BOT_PORT": "9000", "BOT_DATA_DIR": str(tmp_path)}, port="9001"
+    )
+    assert (s.host, s.port, s.data_dir) == ("127.0.0.1", 9001, tmp_path)
+    with pytest.raises(ConfigurationError, match="BOT_PORT"):
+        ServerSettings.from_env({"BOT_PORT": "0"})
+    config = apply_data_dir(AppConfig(), s, {})
+    assert config.database.url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/bot.db"
+    assert apply_data_dir(AppConfig(), s, {"BOT_DATABASE_URL": "x"}) == AppConfig()
