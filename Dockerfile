@@ -14,8 +14,6 @@ COPY pyproject.toml README.md ./
 RUN mkdir -p bot tools && touch bot/__init__.py tools/__init__.py \
  && pip install . \
  && pip uninstall -y budget-guarded-llm-gateway
-# prometheus-client serves /metrics; listed here until pyproject.toml declares it.
-RUN pip install "prometheus-client>=0.20"
 COPY bot ./bot
 COPY tools ./tools
 RUN pip install --no-deps . && python -c "import bot.server, tools.mcp_server"
