@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -161,22 +161,33 @@ class Accountant:
 
     @staticmethod
     def usage_of(
-        provider: Provider, reply: ProviderReply, ctx: CallContext, exact_input: bool
+        provider: Provider,
+        reply: ProviderReply,
+        ctx: CallContext,
+        exact_input: bool,
+        *,
+        complete: bool = True,
     ) -> tuple[Usage, bool]:
-        """The usage the provider billed; without one, a conservative estimate flagged as such."""
-        if reply.usage is not None and (reply.usage.input_tokens or reply.usage.output_tokens):
-            return reply.usage, False
-        if reply.text:
+        """The usage the provider billed; without one, a conservative estimate flagged as such.
+
+        A ``complete`` reply's usage is the bill. An interrupted one's usage is only what arrived
+        before the cut (Anthropic's message_start: real input, a placeholder output), so its output
+        is estimated from the text that did reach us, and the result is flagged.
+        """
+        usage = reply.usage
+        if complete and usage is not None and (usage.input_tokens or usage.output_tokens):
+            return usage, False
+        if reply.text and complete:
             log.warning(
                 "provider returned text but no usage; charging a conservative estimate",
                 extra={"provider": ctx.provider, "model": ctx.model, "request_id": ctx.request_id},
             )
         exact = exact_input and provider.provider_type == "openai"
         output = conservative_text_tokens(reply.text, ctx.model, exact_tokenizer=exact)
-        input_tokens = (
-            reply.usage.input_tokens if reply.usage and reply.usage.input_tokens else ctx.input_tokens
-        )
-        return Usage(input_tokens=input_tokens, output_tokens=output), True
+        if usage is not None and usage.input_tokens:
+            # The input part was reported (cache reads and writes included): keep it exactly.
+            return replace(usage, output_tokens=max(output, usage.output_tokens), reasoning_tokens=0), True
+        return Usage(input_tokens=ctx.input_tokens, output_tokens=output), True
 
     async def settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
         """Charge the real cost in place of the hold, write the record, tell the observers."""
@@ -207,7 +218,7 @@ class Accountant:
             )  # fmt: skip
         elif partial is not None:
             # A stream cut after the provider produced text was billed: charge what was used.
-            usage, estimated = self.usage_of(provider, partial, ctx, exact_input=True)
+            usage, estimated = self.usage_of(provider, partial, ctx, exact_input=True, complete=False)
             cost = provider.calculate_cost(ctx.model, usage)
             self.costs.settle(ctx.worst_case_usd, cost, ctx.model)
             self.tokens.record(ctx.model, usage)

@@ -7,10 +7,11 @@ never stalls the "remote" side, just as a real remote server would not be.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -18,10 +19,50 @@ import uvicorn
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["CYCLE_KEY", "CaptureCycle", "ScriptedResponse", "ThreadedServer"]
+__all__ = [
+    "CYCLE_KEY",
+    "CaptureCycle",
+    "ScriptedResponse",
+    "ThreadedServer",
+    "loopback_socket",
+    "serve_in_loop",
+]
 
 #: Scope key under which CaptureCycle leaves uvicorn's request cycle.
 CYCLE_KEY = "fake_upstream.cycle"
+
+
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1.
+
+    The protocol is named explicitly: asyncio turns Nagle's algorithm off only on sockets whose
+    ``proto`` is IPPROTO_TCP, and with it on every small response waits ~40 ms for a delayed ACK.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve_in_loop(app: ASGIApp) -> AsyncIterator[str]:
+    """Run ``app`` (lifespan on) with uvicorn in the running loop on a free port; yields its base URL.
+
+    For apps under test that share the test's loop (their database and clients are bound to it).
+    """
+    sock = loopback_socket()
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():  # failed to start: surface its error instead of spinning
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
 
 
 class ThreadedServer:
@@ -56,8 +97,7 @@ class ThreadedServer:
         """Start serving; returns once the port is listening."""
         if self._thread is not None:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock = loopback_socket()
         config = uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
             ws="none", http="h11", loop="asyncio", proxy_headers=False, timeout_graceful_shutdown=2,

@@ -9,8 +9,9 @@ import pytest
 from bot.core.errors import ConfigurationError
 from bot.core.gateway import Gateway
 from tests.conftest import fast_config
+from tests.fakes.loopback import serve_in_loop as serve
 from tests.fakes.upstream import FakeUpstream
-from tests.mcp.conftest import PER_CLIENT, TOKENS, MakeGateway, http_client, raw_http, serve
+from tests.mcp.conftest import PER_CLIENT, TOKENS, MakeGateway, http_client, raw_http
 from tools.mcp_server import mcp_http_app
 
 CHAT = "/v1/chat/completions"

@@ -7,8 +7,8 @@ import httpx2
 from bot.core.gateway import Gateway
 from bot.server import build_app
 from tests.conftest import API_KEY, fast_config
+from tests.fakes.loopback import serve_in_loop as serve
 from tests.fakes.upstream import FakeUpstream
-from tests.mcp.conftest import serve
 
 
 class Recorder:

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import hmac
 import itertools
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -17,8 +16,6 @@ from urllib.parse import urlencode
 
 import httpx2
 import pytest
-import uvicorn
-from starlette.types import ASGIApp
 
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
@@ -26,6 +23,7 @@ from bot.slack.app import slack_http_app
 from bot.slack.commands import SlackCommands
 from bot.slack.settings import SlackSettings
 from tests.conftest import fast_config
+from tests.fakes.loopback import serve_in_loop as serve
 from tests.fakes.slack_api import FakeSlackApi
 
 SECRET = "test-signing-secret"
@@ -57,26 +55,6 @@ def slack_api(slack_server: FakeSlackApi) -> Iterator[FakeSlackApi]:
     slack_server.reset()
     yield slack_server
     slack_server.reset()
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in this loop; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 @dataclass

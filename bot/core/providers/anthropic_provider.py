@@ -112,7 +112,8 @@ class AnthropicProvider(Provider):
                     parts.append(event.delta.text)
                     await request.on_text(event.delta.text)
                 elif event.type == "message_delta":
-                    output_tokens = event.usage.output_tokens
+                    if event.usage is not None:  # absent when a proxy strips usage: estimated later
+                        output_tokens = event.usage.output_tokens
                     stop = event.delta.stop_reason or stop
                 elif event.type == "message_stop":
                     complete = True

@@ -1,0 +1,301 @@
+"""Benchmark: what our core adds to a chat call, side by side with the bare official OpenAI SDK.
+
+The same ``gpt-4o-mini`` call (``max_tokens`` 32) goes to the fake upstream on loopback
+(``tests/fakes/upstream.py``, its own thread, ``--latency-ms`` of simulated upstream latency) two
+ways in the same run: directly with ``openai.AsyncOpenAI``, and through ``Gateway.generate`` with a
+SQLite ledger and two budgets (token count, worst-case price, reserve, call, price, settle, alerts).
+
+Figures (each a difference, ratio or percentile measured side by side):
+
+* concurrency 1, paired and interleaved: added latency p50 / p99 (ours minus direct, per
+  percentile and as percentiles of the paired differences);
+* concurrency 50: our throughput / direct throughput;
+* streaming: time to first token through the core minus direct (p50).
+
+The whole measurement runs ``--repeat`` times and each figure's median is reported.
+``--profile FILE`` also profiles ``--profile-calls`` core calls at concurrency 1 with pyinstrument.
+
+    .venv/bin/python benchmarks/core_overhead.py --latency-ms 0
+    .venv/bin/python benchmarks/core_overhead.py --latency-ms 200 --requests 60 --stream-requests 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tests.fakes.loopback as loopback
+import tests.fakes.slack_api as slack_api
+from bot.core.config import AppConfig, BudgetConfig, DatabaseConfig
+from bot.core.gateway import Gateway
+from bot.core.ledger import Ledger
+from bot.core.types import Principal
+from tests.fakes.upstream import FakeUpstream
+
+KEY = "bench-key"
+MODEL = "gpt-4o-mini"
+PROMPT = "Summarise the benefits of budget guards in one sentence."
+MAX_TOKENS = 32
+USER = Principal(surface="slack", team_id="T1", user_id="U1", channel_id="C1")
+TARGETS = {"added_p50_ms": 1.0, "added_p99_ms": 3.0, "throughput_ratio": 0.8, "ttft_added_p50_ms": 2.0}
+
+Call = Callable[[], Awaitable[Any]]
+
+
+def tcp_nodelay_fakes() -> None:
+    """Give the fakes' listening sockets ``proto=IPPROTO_TCP`` so their connections get TCP_NODELAY.
+
+    ``tests/fakes/loopback.py`` (and ``slack_api.py``) bind ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0), and asyncio
+    sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP. uvicorn writes a response's headers
+    and body separately, so Nagle plus the peer's delayed ACK then add ~40 ms to every response: a
+    fake artefact (uvicorn binding its own socket in production is not affected) that would swamp
+    every figure here. Call before starting any fake.
+    """
+    for module in (loopback, slack_api):
+        real = getattr(module, "socket", None)
+        if real is not None and not isinstance(real, _TcpSocketModule):
+            module.socket = _TcpSocketModule(real)  # type: ignore[attr-defined]
+
+
+class _TcpSocketModule:
+    """Stands in for the ``socket`` module inside ``tests.fakes.loopback``."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def socket(self, family: int = -1, kind: int = -1, proto: int = -1) -> Any:
+        """``socket.socket`` with TCP as the protocol of stream sockets."""
+        if kind == self._real.SOCK_STREAM and proto in (-1, 0):
+            proto = self._real.IPPROTO_TCP
+        return self._real.socket(family, kind, proto)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``samples`` by the nearest-rank method."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+class Bench:
+    """The fake upstream, a bare SDK client and a gateway with a SQLite ledger, all pointing at it."""
+
+    def __init__(self, fake: FakeUpstream, gateway: Gateway) -> None:
+        self.fake = fake
+        self.gateway = gateway
+        self.client = openai.AsyncOpenAI(
+            api_key=KEY, base_url=fake.openai_base_url, timeout=60, max_retries=0
+        )
+
+    async def direct(self) -> None:
+        """One call with the bare SDK, as an application without our core would make it."""
+        response = await self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_completion_tokens=MAX_TOKENS
+        )
+        assert response.choices[0].message.content
+
+    async def core(self) -> None:
+        """The same call through the gateway (budgets, ledger, pricing)."""
+        result = await self.gateway.generate(USER, PROMPT, model=MODEL, max_tokens=MAX_TOKENS)
+        assert result.text and result.cost_usd > 0
+
+    async def direct_ttft(self) -> float:
+        """Seconds to the first content chunk of a direct stream (read to the end)."""
+        start = time.perf_counter()
+        first: float | None = None
+        stream = await self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_completion_tokens=MAX_TOKENS,
+            stream=True, stream_options={"include_usage": True},
+        )  # fmt: skip
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter()
+        assert first is not None
+        return first - start
+
+    async def core_ttft(self) -> float:
+        """Seconds to the first ``on_text`` of a stream through the gateway."""
+        start = time.perf_counter()
+        first: list[float] = []
+
+        async def on_text(_: str) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
+        await self.gateway.generate(USER, PROMPT, model=MODEL, max_tokens=MAX_TOKENS, on_text=on_text)
+        return first[0] - start
+
+    async def close(self) -> None:
+        """Close the SDK client (the gateway is closed by its owner)."""
+        await self.client.close()
+
+
+async def timed(call: Call) -> float:
+    """Seconds ``call`` took."""
+    start = time.perf_counter()
+    await call()
+    return time.perf_counter() - start
+
+
+async def throughput(call: Call, total: int, concurrency: int) -> float:
+    """Calls per second for ``total`` calls with ``concurrency`` in flight."""
+    left = total
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - start)
+
+
+async def measure(bench: Bench, args: argparse.Namespace) -> dict[str, float]:
+    """One full measurement: every figure, direct and core side by side."""
+    direct: list[float] = []
+    core: list[float] = []
+    for i in range(args.requests):  # interleaved, alternating who goes first
+        pair = (bench.direct, bench.core) if i % 2 == 0 else (bench.core, bench.direct)
+        first, second = await timed(pair[0]), await timed(pair[1])
+        d, c = (first, second) if i % 2 == 0 else (second, first)
+        direct.append(d * 1000)
+        core.append(c * 1000)
+    diffs = [c - d for c, d in zip(core, direct, strict=True)]
+    # Throughput: direct, core, core, direct, so neither side always runs on a warmer machine.
+    rates: dict[str, list[float]] = {"direct": [], "core": []}
+    for side in ("direct", "core", "core", "direct"):
+        call = bench.direct if side == "direct" else bench.core
+        rates[side].append(await throughput(call, args.throughput_requests, args.concurrency))
+    ttft_direct: list[float] = []
+    ttft_core: list[float] = []
+    for i in range(args.stream_requests):
+        if i % 2 == 0:
+            ttft_direct.append(await bench.direct_ttft() * 1000)
+            ttft_core.append(await bench.core_ttft() * 1000)
+        else:
+            ttft_core.append(await bench.core_ttft() * 1000)
+            ttft_direct.append(await bench.direct_ttft() * 1000)
+    direct_rate, core_rate = statistics.mean(rates["direct"]), statistics.mean(rates["core"])
+    return {
+        "direct_p50_ms": percentile(direct, 0.5),
+        "direct_p99_ms": percentile(direct, 0.99),
+        "core_p50_ms": percentile(core, 0.5),
+        "core_p99_ms": percentile(core, 0.99),
+        "added_p50_ms": percentile(core, 0.5) - percentile(direct, 0.5),
+        "added_p99_ms": percentile(core, 0.99) - percentile(direct, 0.99),
+        "paired_diff_p50_ms": percentile(diffs, 0.5),
+        "paired_diff_p99_ms": percentile(diffs, 0.99),
+        "direct_rps": direct_rate,
+        "core_rps": core_rate,
+        "throughput_ratio": core_rate / direct_rate,
+        "ttft_direct_p50_ms": percentile(ttft_direct, 0.5),
+        "ttft_core_p50_ms": percentile(ttft_core, 0.5),
+        "ttft_added_p50_ms": percentile(ttft_core, 0.5) - percentile(ttft_direct, 0.5),
+    }
+
+
+def verdicts(figures: dict[str, float]) -> dict[str, bool]:
+    """Whether each target is met (ratios must reach the target, added times stay below it)."""
+    return {
+        name: figures[name] >= target if name == "throughput_ratio" else figures[name] <= target
+        for name, target in TARGETS.items()
+    }
+
+
+async def profile(bench: Bench, calls: int, path: Path) -> str:
+    """Profile ``calls`` sequential core calls with pyinstrument; write the text report to ``path``."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0002, async_mode="enabled")
+    with profiler:
+        for _ in range(calls):
+            await bench.core()
+    text = profiler.output_text(unicode=False, color=False, show_all=False)
+    await asyncio.to_thread(path.write_text, text, encoding="utf-8")
+    return text
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; returns (and prints) the median figures and the target verdicts."""
+    if not args.keep_nagle:
+        tcp_nodelay_fakes()
+    with tempfile.TemporaryDirectory() as tmp, FakeUpstream(api_key=KEY) as fake:
+        budgets = [
+            BudgetConfig(name="global", scope="global", limit_usd=Decimal(10**6), period="monthly"),
+            BudgetConfig(name="per-user", scope="user", limit_usd=Decimal(10**5), period="daily"),
+        ]
+        ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp}/ledger.db"), budgets)
+        config = AppConfig.from_dict({"budgets": [b.model_dump() for b in budgets]})
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.openai_base_url}
+        async with Gateway(config, ledger=ledger, env=env) as gateway:
+            bench = Bench(fake, gateway)
+            for _ in range(10):  # warm-up: connections, tiktoken, SQLite, imports
+                await bench.direct()
+                await bench.core()
+            fake.latency = args.latency_ms / 1000
+            runs = []
+            for n in range(args.repeat):
+                runs.append(await measure(bench, args))
+                print(f"run {n + 1}/{args.repeat}: {json.dumps(runs[-1], default=round)}", file=sys.stderr)
+            report: dict[str, Any] = {
+                "latency_ms": args.latency_ms,
+                "repeat": args.repeat,
+                "requests": args.requests,
+                "concurrency": args.concurrency,
+                "throughput_requests": args.throughput_requests,
+                "stream_requests": args.stream_requests,
+                "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
+                "runs": runs,
+            }
+            report["targets"] = TARGETS
+            report["met"] = verdicts(report["median"])
+            if args.profile:
+                fake.latency = 0.0
+                text = await profile(bench, args.profile_calls, Path(args.profile))
+                report["profile"] = str(args.profile)
+                print(text, file=sys.stderr)
+            await bench.close()
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="simulated upstream latency")
+    parser.add_argument("--requests", type=int, default=200, help="paired calls at concurrency 1")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--throughput-requests", type=int, default=500, help="calls per throughput run")
+    parser.add_argument("--stream-requests", type=int, default=100, help="paired streamed calls")
+    parser.add_argument("--repeat", type=int, default=3, help="full measurements; medians are reported")
+    parser.add_argument("--profile", help="write a pyinstrument text profile of core calls here")
+    parser.add_argument("--profile-calls", type=int, default=300)
+    parser.add_argument("--json", help="also write the report as JSON here")
+    parser.add_argument(
+        "--keep-nagle", action="store_true", help="leave the fakes without TCP_NODELAY (~40 ms stalls)"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    options = parse_args()
+    result = asyncio.run(main(options))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    if options.json:
+        Path(options.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
