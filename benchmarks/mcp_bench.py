@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from bot.core.config import AppConfig
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
+from tests.fakes.loopback import loopback_socket
 from tests.fakes.upstream import FakeUpstream
 from tools.mcp_server import mcp_http_app
 
@@ -78,8 +78,7 @@ async def main(calls: int, concurrency: int) -> None:
         env = {"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": fake.openai_base_url}
         ledger = await Ledger.open(config.database, config.budgets)
         async with Gateway(config, ledger=ledger, env=env) as gateway:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
+            sock = loopback_socket()  # IPPROTO_TCP: asyncio turns Nagle off only then
             url = f"http://127.0.0.1:{sock.getsockname()[1]}"
             server = uvicorn.Server(uvicorn.Config(mcp_http_app(gateway), lifespan="on", log_level="warning"))
             task = asyncio.create_task(server.serve(sockets=[sock]))
