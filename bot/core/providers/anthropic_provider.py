@@ -8,9 +8,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from bot.core.config import CacheConfig
 from bot.core.errors import ProviderConnectionError, ProviderError
@@ -18,6 +16,9 @@ from bot.core.providers.base import ChatRequest, Provider, ProviderReply
 from bot.core.providers.errors import map_sdk_error
 from bot.core.tokens import ESTIMATE_FACTOR, count_text_tokens
 from bot.core.types import Message, TokenCount, Usage
+
+if TYPE_CHECKING:  # the SDK costs ~1.2 s to import: only a provider that is used loads it
+    import anthropic
 
 __all__ = ["AnthropicProvider", "usage_from_anthropic"]
 
@@ -62,6 +63,8 @@ class AnthropicProvider(Provider):
 
     def _sdk(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
+            import anthropic
+
             self._client = anthropic.AsyncAnthropic(
                 api_key=self.require_key(),
                 base_url=self.base_url,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import email.utils
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
-import anthropic
 import httpx2
-import openai
 
 from bot.core.errors import (
     BotError,
@@ -51,26 +50,35 @@ def _body_message(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
+def _sdk_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Exception class ``name`` from each SDK already imported.
+
+    The SDKs load lazily; an SDK that was never imported cannot have raised anything, so looking
+    in ``sys.modules`` keeps this mapping from importing them.
+    """
+    found = (getattr(sys.modules.get(m), name, None) for m in ("openai", "anthropic"))
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
 def map_sdk_error(
     exc: BaseException, *, provider: str, model: str, known_models: Iterable[str] = ()
 ) -> BotError:
     """Convert an ``openai`` or ``anthropic`` exception to our hierarchy (others pass through)."""
     if isinstance(exc, BotError):
         return exc
-    timeout = (openai.APITimeoutError, anthropic.APITimeoutError)
-    if isinstance(exc, timeout):
+    if isinstance(exc, _sdk_classes("APITimeoutError")):
         return ProviderConnectionError(
             f"{provider} did not answer in time", provider=provider, hint="Retry, or raise timeout_seconds."
         )
     # Mid-stream transport failures surface from the SDKs' iterators unwrapped.
-    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)):
+    if isinstance(exc, (*_sdk_classes("APIConnectionError"), httpx2.TransportError)):
         return ProviderConnectionError(
             f"could not reach {provider}: the connection failed or was dropped",
             provider=provider,
             hint="Check the provider's base URL and network, then retry.",
         )
-    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
-        status = exc.status_code
+    if isinstance(exc, _sdk_classes("APIStatusError")):
+        status: int = getattr(exc, "status_code", 0)
         message = _body_message(exc)
         if status == 429 or status == 529:
             what = "is overloaded" if status == 529 else "is rate limiting requests"
@@ -78,7 +86,7 @@ def map_sdk_error(
                 f"{provider} {what}: {message}",
                 provider=provider,
                 status=status,
-                retry_after=parse_retry_after(exc.response.headers),
+                retry_after=parse_retry_after(getattr(getattr(exc, "response", None), "headers", None)),
             )
         if status == 401:
             return ProviderError(
@@ -99,7 +107,7 @@ def map_sdk_error(
         return ProviderError(
             f"{provider} refused the request (HTTP {status}): {message}", provider=provider, status=status
         )
-    if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError, ValueError)):
+    if isinstance(exc, (*_sdk_classes("APIResponseValidationError"), ValueError)):
         # A 200 whose body is unreadable (bad JSON or SSE data): the provider did the work and
         # billed it, so a retry would pay twice.
         err = ProviderError(
@@ -110,7 +118,7 @@ def map_sdk_error(
         )
         err.no_retry = err.billed_unknown = True
         return err
-    if isinstance(exc, (openai.OpenAIError, anthropic.AnthropicError)):
+    if isinstance(exc, (*_sdk_classes("OpenAIError"), *_sdk_classes("AnthropicError"))):
         return ProviderError(f"{provider} call failed: {exc}", provider=provider)
     raise exc
 

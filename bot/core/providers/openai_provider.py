@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from bot.core.errors import ConfigurationError, ProviderConnectionError, ProviderError
 from bot.core.providers.base import ChatRequest, Provider, ProviderReply
 from bot.core.providers.errors import map_sdk_error
 from bot.core.tokens import count_chat_tokens
 from bot.core.types import Message, TokenCount, Usage
+
+if TYPE_CHECKING:  # the SDK costs ~0.3 s to import: only a provider that is used loads it
+    import openai
 
 __all__ = ["OpenAICompatibleProvider", "OpenAIProvider", "usage_from_openai"]
 
@@ -42,6 +43,8 @@ class OpenAIProvider(Provider):
 
     def _sdk(self) -> openai.AsyncOpenAI:
         if self._client is None:
+            import openai
+
             self._client = openai.AsyncOpenAI(
                 api_key=self.require_key(),
                 base_url=self.base_url,
