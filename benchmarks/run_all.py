@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run_all.py [--out DIR] [--quick]
 
 Runs ``ledger_bench``, ``mcp_bench``, ``core_overhead`` (upstream latency 0 ms and 200 ms, with a
-pyinstrument profile at 0 ms) and ``slack_ack`` (0 ms and 200 ms). Each benchmark's output goes to
+pyinstrument profile at 0 ms) ``slack_ack`` (0 ms and 200 ms) and ``footprint``. Each benchmark's output goes to
 ``DIR/<name>.txt`` (and JSON reports to ``DIR/<name>.json`` where the benchmark writes one);
 ``DIR`` defaults to a new ``bot-benchmarks-*`` directory under the system temp directory.
 Benchmarks that measure medians over 3 runs do so themselves (``--repeat 3``).
@@ -34,6 +34,7 @@ def plan(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
             ("mcp_bench", [py, "-m", "benchmarks.mcp_bench", "--calls", "16"]),
             ("core_overhead_0ms", [*core, "--latency-ms", "0", *small, "--json", str(out / "core_overhead_0ms.json")]),
             ("slack_ack_0ms", [*slack, "--rounds", "1", "--repeat", "1", "--json", str(out / "slack_ack_0ms.json")]),
+            ("footprint", [py, "-m", "benchmarks.footprint", "--runs", "1"]),
         ]  # fmt: skip
     return [
         ("ledger_bench", [py, "benchmarks/ledger_bench.py", "--ops", "1000", "--concurrency", "50"]),
@@ -48,6 +49,7 @@ def plan(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
         ]),
         ("slack_ack_0ms", [*slack, "--latency-ms", "0", "--json", str(out / "slack_ack_0ms.json")]),
         ("slack_ack_200ms", [*slack, "--latency-ms", "200", "--json", str(out / "slack_ack_200ms.json")]),
+        ("footprint", [py, "-m", "benchmarks.footprint"]),
     ]  # fmt: skip
 
 
