@@ -7,14 +7,16 @@ questions every face asks: make a call for a principal, what are its budgets, wh
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from operator import itemgetter
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from zoneinfo import ZoneInfo
 
-from bot.core.config import AppConfig
+from bot.core.config import AppConfig, Period
 from bot.core.factory import SessionFactory
-from bot.core.ledger import Ledger
+from bot.core.ledger import Ledger, period_bounds
 from bot.core.providers import OnText
 from bot.core.session import Addon, CallObserver
 from bot.core.types import ChatResult, ModelInfo, Principal
@@ -77,6 +79,14 @@ class Gateway:
     async def tightest_budget(self, principal: Principal) -> dict[str, Any] | None:
         """The applicable budget with the least money left (what limits the next call), or None."""
         return tightest(await self.budget_status(principal))
+
+    def current_period(self, period: Period = "monthly") -> tuple[datetime, datetime]:
+        """Start and end (UTC) of the current day/week/month in the configured time zone."""
+        if period == "total":
+            raise ValueError("a total budget has no current period")
+        start, end = period_bounds(period, datetime.now(UTC), ZoneInfo(self.config.database.timezone))
+        assert end is not None
+        return start, end
 
     async def list_models(self, provider: str | None = None) -> list[tuple[ModelInfo, bool]]:
         """Usable models with whether their provider has a key."""

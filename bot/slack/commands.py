@@ -11,9 +11,9 @@ import asyncio
 import logging
 import shlex
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
@@ -166,11 +166,11 @@ class SlackCommands:
         if ledger is None:
             await ack(text="No ledger is configured, so no spend is recorded.", response_type="ephemeral")
             return
-        now = datetime.now(UTC)
-        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        by_user = await ledger.spend_by_user(start, now)
-        by_model = await ledger.spend_by_model(start, now)
-        blocks = team_blocks(by_user, by_model, now.strftime("%B %Y"))
+        start, end = self.gateway.current_period("monthly")  # in the ledger's time zone
+        by_user = await ledger.spend_by_user(start, end)
+        by_model = await ledger.spend_by_model(start, end)
+        zone = ZoneInfo(self.gateway.config.database.timezone)
+        blocks = team_blocks(by_user, by_model, start.astimezone(zone).strftime("%B %Y"))
         await ack(text="Team spend this month", blocks=blocks, response_type="ephemeral")
 
     async def _budget_set(self, ack: AsyncAck, args: list[str]) -> None:
