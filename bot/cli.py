@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     slack = sub.add_parser("slack", help="serve the Slack commands (HTTP at /slack/events, or Socket Mode)")
     slack.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default: 0.0.0.0)")
     slack.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000)")
+
+    serve = sub.add_parser(
+        "serve", help="serve everything on one port: Slack, MCP over HTTP, health, metrics"
+    )
+    serve.add_argument("--host", help="bind address (default: BOT_HOST, else 0.0.0.0)")
+    serve.add_argument("--port", help="port (default: BOT_PORT, else 8080)")
     return parser
 
 
@@ -146,6 +152,12 @@ async def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    from bot.server import run
+
+    return await run(host=args.host, port=args.port)
+
+
 async def _slack(args: argparse.Namespace) -> int:
     from bot.app import build_core
     from bot.slack.app import run_slack_http, run_slack_socket
@@ -174,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget": _budget,
         "mcp": _mcp,
         "slack": _slack,
+        "serve": _serve,
     }
     try:
         return int(asyncio.run(handlers[args.command](args)))
