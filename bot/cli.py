@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     slack.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default: 0.0.0.0)")
     slack.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000)")
 
+    report = sub.add_parser("report", help="the spend report of the last complete day or week")
+    report.add_argument("--period", choices=["day", "week"], default="day", help="day (default) or week")
+    report.add_argument(
+        "--post", action="store_true", help="post it to jobs.report_channels (needs SLACK_BOT_TOKEN)"
+    )
+    report.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     serve = sub.add_parser(
         "serve", help="serve everything on one port: Slack, MCP over HTTP, health, metrics"
     )
@@ -158,6 +165,12 @@ async def _serve(args: argparse.Namespace) -> int:
     return await run(host=args.host, port=args.port)
 
 
+async def _report(args: argparse.Namespace) -> int:
+    from bot.jobs.command import run_report
+
+    return await run_report(args.period, post=args.post, as_json=args.json, out=sys.stdout)
+
+
 async def _slack(args: argparse.Namespace) -> int:
     from bot.app import build_core
     from bot.slack.app import run_slack_http, run_slack_socket
@@ -186,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget": _budget,
         "mcp": _mcp,
         "slack": _slack,
+        "report": _report,
         "serve": _serve,
     }
     try:

@@ -23,6 +23,7 @@ __all__ = [
     "BudgetConfig",
     "CacheConfig",
     "DatabaseConfig",
+    "JobsConfig",
     "LoggingConfig",
     "McpClientConfig",
     "McpConfig",
@@ -175,6 +176,38 @@ class McpConfig(_Strict):
     allowed_origins: list[str] = Field(default_factory=list)
 
 
+class JobsConfig(_Strict):
+    """Scheduled jobs: alert delivery to budget channels and spend reports (zone: ``database.timezone``)."""
+
+    #: Seconds between two runs of the alert-delivery job (alerts are also pushed as calls cross).
+    alert_interval_seconds: float = Field(default=60.0, gt=0)
+    #: First retry delay of a failed alert delivery; doubles per attempt up to the maximum.
+    alert_retry_seconds: float = Field(default=30.0, ge=0)
+    alert_retry_max_seconds: float = Field(default=1800.0, ge=0)
+    #: Crontab expressions (minute hour day month weekday) of the daily and weekly reports.
+    daily_report_cron: str | None = "0 9 * * *"
+    weekly_report_cron: str | None = "0 9 * * 1"
+    #: Channels the reports are posted to (none: no report is posted).
+    report_channels: list[str] = Field(default_factory=list)
+    #: Alert when spend is projected to pass a budget's limit by the end of its period.
+    forecast_alerts: bool = True
+    #: Share of the period that must have elapsed before a projection is trusted.
+    forecast_min_elapsed: float = Field(default=0.1, ge=0, le=1)
+
+    @field_validator("daily_report_cron", "weekly_report_cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise ValueError(f"invalid crontab '{v}': {exc}") from None
+        return v
+
+
 def _default_providers() -> dict[str, ProviderConfig]:
     return {"openai": ProviderConfig(type="openai"), "anthropic": ProviderConfig(type="anthropic")}
 
@@ -191,6 +224,7 @@ class AppConfig(_Strict):
     budgets: list[BudgetConfig] = Field(default_factory=list)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> AppConfig:

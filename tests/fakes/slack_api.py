@@ -8,7 +8,10 @@
         slack.inject("chat.postMessage", status=429, retry_after=0)
 
 It records every call (``calls``) and every POST to ``/response/<id>`` (``responses``).
-Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``.
+Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, and the
+external file upload flow (``files.getUploadURLExternal``, a POST of the bytes to the returned
+``upload_url`` — recorded as ``upload:<file id>``, the bytes kept in ``uploads`` —, then
+``files.completeUploadExternal``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ class FakeSlackApi:
         self.token = token
         self.calls: list[SlackCall] = []
         self._faults: list[_Fault] = []
+        #: Bytes POSTed to upload URLs, by file id.
+        self.uploads: dict[str, bytes] = {}
+        self._file_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._server: uvicorn.Server | None = None
@@ -79,6 +85,7 @@ class FakeSlackApi:
             routes=[
                 Route("/api/{method}", self._api, methods=["POST", "GET"]),
                 Route("/response/{rid}", self._response, methods=["POST"]),
+                Route("/upload/{fid}", self._upload, methods=["POST"]),
             ]
         )
 
@@ -88,6 +95,7 @@ class FakeSlackApi:
         with self._lock:
             self.calls.clear()
             self._faults.clear()
+            self.uploads.clear()
 
     def inject(
         self,
@@ -190,6 +198,8 @@ class FakeSlackApi:
             body = json.loads(raw) if raw else {}
         else:
             body = dict(parse_qsl(raw))
+        # slack_sdk sends some methods' arguments (files.*External) in the query string.
+        body = {**dict(request.query_params), **body}
         call = SlackCall(method, body, dict(request.headers), time.monotonic())
         with self._lock:
             self.calls.append(call)
@@ -232,8 +242,29 @@ class FakeSlackApi:
             )
         if method == "chat.postEphemeral":
             return JSONResponse({"ok": True, "message_ts": ts})
+        if method == "files.getUploadURLExternal":
+            fid = f"F{next(self._file_ids):06d}"
+            return JSONResponse({"ok": True, "upload_url": f"{self.base_url}/upload/{fid}", "file_id": fid})
+        if method == "files.completeUploadExternal":
+            files = json.loads(str(body.get("files", "[]")))
+            missing = [f["id"] for f in files if f.get("id") not in self.uploads]
+            if missing:  # like Slack: completing a file whose bytes never arrived fails
+                call.error = "file_not_found"
+                return JSONResponse({"ok": False, "error": "file_not_found"})
+            return JSONResponse(
+                {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+            )
         call.error = "unknown_method"
         return JSONResponse({"ok": False, "error": "unknown_method"})
+
+    async def _upload(self, request: Request) -> Response:
+        fid = request.path_params["fid"]
+        data = await request.body()
+        call = SlackCall(f"upload:{fid}", {"size": len(data)}, dict(request.headers), time.monotonic())
+        with self._lock:
+            self.calls.append(call)
+            self.uploads[fid] = data
+        return Response(f"OK - {len(data)}")
 
     async def _response(self, request: Request) -> Response:
         call, fault = await self._record(request, f"response:{request.path_params['rid']}")

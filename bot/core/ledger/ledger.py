@@ -34,6 +34,7 @@ from bot.core.ledger import alerts, queries, store
 from bot.core.ledger.database import Database
 from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.outbox import Outbox
 from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
 from bot.core.ledger.schema import from_nanos, hold_items, holds, to_nanos
 from bot.core.types import CallRecord, Principal
@@ -72,6 +73,8 @@ class Ledger:
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
         self._period_ids: dict[store.PeriodKey, int] = {}
+        self.outbox = Outbox(db, self._by_name, self._tz, self._now)
+        """Claiming and delivering alerts, job-made alert kinds, job runs (see ``outbox.py``)."""
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -317,6 +320,19 @@ class Ledger:
     async def spend_by_day(self, start: datetime, end: datetime) -> list[SpendRow]:
         """Spend per local day (ISO date in the configured zone) of calls in ``[start, end)``."""
         return await queries.spend_by_day(self._db, start, end, self._tz)
+
+    async def spend_by_surface(self, start: datetime, end: datetime) -> list[SpendRow]:
+        """Spend per surface (cli, slack, mcp…) of calls in ``[start, end)``, largest first."""
+        return await queries.spend_by_surface(self._db, start, end)
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The zone periods and days are counted in."""
+        return self._tz
+
+    def now(self) -> datetime:
+        """The ledger clock's current time (aware UTC)."""
+        return self._now()
 
     async def totals(self, start: datetime | None = None, end: datetime | None = None) -> Totals:
         """Cost, calls and tokens in ``[start, end)`` (all time by default), also by outcome."""

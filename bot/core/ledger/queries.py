@@ -20,6 +20,7 @@ __all__ = [
     "set_budget_limit",
     "spend_by_day",
     "spend_by_model",
+    "spend_by_surface",
     "spend_by_user",
     "status",
     "status_all",
@@ -214,6 +215,12 @@ async def spend_by_model(db: Database, start: datetime, end: datetime) -> list[S
     """Spend per (provider, model) in ``[start, end)``, largest first."""
     rows = await _grouped(db, [_c.provider, _c.model], _in_range(start, end))
     return _by_cost([_spend_row(r.model, r, r.provider) for r in rows])
+
+
+async def spend_by_surface(db: Database, start: datetime, end: datetime) -> list[SpendRow]:
+    """Spend per surface (``cli``, ``slack``, ``mcp``…) in ``[start, end)``, largest first."""
+    rows = await _grouped(db, [_c.surface], _in_range(start, end))
+    return _by_cost([_spend_row(r.surface, r) for r in rows])
 
 
 async def spend_by_user(db: Database, start: datetime, end: datetime) -> list[SpendRow]:
