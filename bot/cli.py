@@ -160,9 +160,11 @@ async def _mcp(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from bot.jobs import JobRunner
     from bot.server import run
 
-    return await run(host=args.host, port=args.port)
+    # The scheduler (alert delivery, forecasts, reports) runs inside the one server process.
+    return await run(host=args.host, port=args.port, services=[JobRunner])
 
 
 async def _report(args: argparse.Namespace) -> int:

@@ -33,6 +33,8 @@ mcp:
     alice: {{token: "{TOKENS["alice"]}"}}
 budgets:
   - {{name: everything, scope: global, limit_usd: "10", period: monthly}}
+  - {{name: watched, scope: global, limit_usd: "0.01", period: monthly, alert_thresholds: [0.0001],
+      channel: "C-ALERTS"}}
 """
 
 

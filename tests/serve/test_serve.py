@@ -88,6 +88,12 @@ async def test_one_process_serves_every_face_and_drains_on_sigterm(
             for c in slack_fake.calls_to("chat.postMessage")
         )
 
+        # The scheduler runs in the same process: the first call crossed the watched budget's
+        # threshold, and its alert was pushed to the budget's channel at once.
+        await wait_for(
+            lambda: any(c.body.get("channel") == "C-ALERTS" for c in slack_fake.calls_to("chat.postMessage"))
+        )
+
         text = ""
 
         async def counted() -> bool:
