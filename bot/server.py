@@ -393,6 +393,10 @@ async def run(
             app, state = build_app(
                 gateway, config, slack_settings=slack, services=built, grace=settings.shutdown_grace
             )
+            for service in built:  # services that deliver alerts report each attempt to /metrics
+                observe = getattr(service, "observe_deliveries", None)
+                if observe is not None:
+                    observe(state.metrics.alert_delivered)
             uv_config = uvicorn.Config(
                 app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
             )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -105,6 +105,8 @@ class AlertDelivery:
         self._ledger = ledger
         self._slack = slack
         self._jobs = jobs
+        #: Told ``(kind, ok)`` after every attempt to send an alert (the server's metrics).
+        self.on_attempt: Callable[[str, bool], None] | None = None
 
     def _retry_delay(self, attempts: int, retry_after: float | None) -> timedelta:
         base = self._jobs.alert_retry_seconds * 2 ** min(attempts, 30)
@@ -169,6 +171,8 @@ class AlertDelivery:
             raise
         except Exception as exc:  # Slack unreachable, timeout…: retried later, like any failure
             ok, error = False, f"{type(exc).__name__}: {exc}"
+        if self.on_attempt is not None:
+            self.on_attempt(alert.kind, ok)
         if ok:
             if not await outbox.delivered(alert.id, owner):
                 log.warning("alert %s was sent after its claim expired", alert.id)

@@ -67,6 +67,10 @@ class JobRunner:
 
     # -- life cycle ----------------------------------------------------------------------------
 
+    def observe_deliveries(self, callback: Callable[[str, bool], None]) -> None:
+        """Tell ``callback(kind, ok)`` about every alert delivery attempt (for metrics)."""
+        self.delivery.on_attempt = callback
+
     async def start(self) -> None:
         """Register the alert push and start the scheduler in the running event loop."""
         if self._scheduler is not None:

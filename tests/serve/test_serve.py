@@ -111,6 +111,7 @@ async def test_one_process_serves_every_face_and_drains_on_sigterm(
         assert metric(text, "llm_call_latency_seconds_count", surface="mcp") == 1
         assert 0 < metric(text, "budget_fraction_used", budget="everything") < 1
         assert metric(text, "http_requests_total", route="/slack/events", status="200") == 1
+        assert metric(text, "budget_alert_deliveries_total", kind="threshold", outcome="ok") >= 1
 
         # SIGTERM while a call is in flight: it completes, new work is refused, nothing is lost.
         fake.latency = 2
