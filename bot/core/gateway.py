@@ -46,6 +46,11 @@ class Gateway:
         """Tell ``observer`` about every later call (metrics, immediate alert delivery)."""
         self.sessions.observers.append(observer)
 
+    def remove_observer(self, observer: CallObserver) -> None:
+        """Stop telling ``observer`` about calls (sessions already running may still tell it once)."""
+        if observer in self.sessions.observers:
+            self.sessions.observers.remove(observer)
+
     async def generate(
         self,
         principal: Principal,

@@ -109,6 +109,9 @@ class JobRunner:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        if self._observing:  # no new pushes once stopped; those under way finish below
+            self._gateway.remove_observer(self.observer)
+            self._observing = False
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=grace)
             for task in late:  # e.g. a report waiting to retry

@@ -31,12 +31,14 @@ async def test_start_schedules_the_jobs_and_delivers_pending_alerts(make_env: Ma
     await env.runner.start()
     await env.runner.start()  # idempotent
     assert env.runner.running and env.runner.job_ids() == ["alerts", "report-day", "report-week"]
+    assert env.gateway.sessions.observers.count(env.runner.observer) == 1
     await eventually(lambda: len(env.posted(ALERTS)) == 1)
     await env.charge("3")  # 90%: the next run finds it
     await eventually(lambda: len(env.posted(ALERTS)) == 2)
     await env.runner.stop()
     assert not env.runner.running and env.runner.job_ids() == []
     assert len(env.posted(ALERTS)) == 2
+    assert env.runner.observer not in env.gateway.sessions.observers  # stopped: no more pushes
 
 
 async def test_no_report_jobs_without_channels(make_env: MakeEnv) -> None:
