@@ -89,5 +89,15 @@ async def run_slack_socket(gateway: Gateway, settings: SlackSettings) -> None:
         raise ConfigurationError(
             "SLACK_APP_TOKEN not set", source="environment", hint="Create an app-level token (xapp-…)."
         )
-    bolt, _ = build_bolt_app(gateway, settings)
-    await AsyncSocketModeHandler(bolt, settings.app_token).start_async()  # type: ignore[no-untyped-call]
+    bolt, commands = build_bolt_app(gateway, settings)
+    handler = AsyncSocketModeHandler(bolt, settings.app_token)
+    try:
+        await handler.start_async()  # type: ignore[no-untyped-call]
+    finally:
+        # Stopping (cancellation) must close the WebSocket, its aiohttp session and the client's
+        # receive/monitor/process tasks, or they linger and keep reconnecting. Then, as over HTTP,
+        # let generations in flight post their answers.
+        await handler.close_async()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await commands.wait_idle()

@@ -11,7 +11,8 @@ It records every call (``calls``) and every POST to ``/response/<id>`` (``respon
 Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, and the
 external file upload flow (``files.getUploadURLExternal``, a POST of the bytes to the returned
 ``upload_url`` — recorded as ``upload:<file id>``, the bytes kept in ``uploads`` —, then
-``files.completeUploadExternal``).
+``files.completeUploadExternal``). With ``enable_socket_mode(app_token, issue_url)`` it also answers
+``apps.connections.open`` (bearer: the app-level token) with ``issue_url()`` (see ``slack_socket``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -81,6 +83,8 @@ class FakeSlackApi:
         self._thread: threading.Thread | None = None
         self._port: int | None = None
         self._sock: socket.socket | None = None
+        self._app_token: str | None = None
+        self._issue_socket_url: Callable[[], str] | None = None
         self._app = Starlette(
             routes=[
                 Route("/api/{method}", self._api, methods=["POST", "GET"]),
@@ -91,11 +95,17 @@ class FakeSlackApi:
 
     # ----------------------------------------------------------------- configuration
     def reset(self) -> None:
-        """Forget recorded calls and queued faults."""
+        """Forget recorded calls and queued faults, and turn Socket Mode off."""
         with self._lock:
             self.calls.clear()
             self._faults.clear()
             self.uploads.clear()
+            self._app_token, self._issue_socket_url = None, None
+
+    def enable_socket_mode(self, app_token: str, issue_url: Callable[[], str]) -> None:
+        """Answer ``apps.connections.open`` called with ``app_token`` with ``{"url": issue_url()}``."""
+        with self._lock:
+            self._app_token, self._issue_socket_url = app_token, issue_url
 
     def inject(
         self,
@@ -222,6 +232,8 @@ class FakeSlackApi:
         call, fault = await self._record(request, method)
         if fault is not None:
             return self._fault_reply(call, fault)
+        if method == "apps.connections.open":
+            return self._connections_open(call, request)
         if request.headers.get("authorization") != f"Bearer {self.token}":
             call.error = "invalid_auth"
             return JSONResponse({"ok": False, "error": "invalid_auth"})
@@ -256,6 +268,16 @@ class FakeSlackApi:
             )
         call.error = "unknown_method"
         return JSONResponse({"ok": False, "error": "unknown_method"})
+
+    def _connections_open(self, call: SlackCall, request: Request) -> Response:
+        """Socket Mode's URL, for the app-level token only (like Slack: a bot token is refused)."""
+        with self._lock:
+            app_token, issue_url = self._app_token, self._issue_socket_url
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if issue_url is None or bearer != app_token:
+            call.error = "not_allowed_token_type" if bearer == self.token else "invalid_auth"
+            return JSONResponse({"ok": False, "error": call.error})
+        return JSONResponse({"ok": True, "url": issue_url()})
 
     async def _upload(self, request: Request) -> Response:
         fid = request.path_params["fid"]
