@@ -21,7 +21,15 @@ from bot.core.ledger.models import Alert
 from bot.core.ledger.periods import TOTAL_PERIOD_START
 from bot.core.ledger.schema import alerts, from_nanos
 
-__all__ = ["insert_alerts", "mark_alert_delivered", "mark_alert_failed", "pending_alerts", "row_to_alert"]
+__all__ = [
+    "alert_values",
+    "alerts_by_id",
+    "insert_alerts",
+    "mark_alert_delivered",
+    "mark_alert_failed",
+    "pending_alerts",
+    "row_to_alert",
+]
 
 
 def row_to_alert(row: Any) -> Alert:
@@ -49,17 +57,14 @@ def row_to_alert(row: Any) -> Alert:
     )
 
 
-async def insert_alerts(
-    conn: AsyncConnection,
-    db: Database,
-    rows: Sequence[sa.Row[Any]],
-    budgets: Mapping[str, BudgetConfig],
-    now: datetime,
-) -> list[Alert]:
-    """Queue an alert for every threshold each budget row has reached; return the ones created now.
+def alert_values(
+    rows: Sequence[Any], budgets: Mapping[str, BudgetConfig], created_at: Any
+) -> list[dict[str, Any]]:
+    """The alerts rows for every threshold each charged budget row has reached (not yet inserted).
 
     "Reached" rather than "crossed by this charge": the unique key makes repeats no-ops, and a
-    threshold passed only because an admin lowered the limit still gets its alert.
+    threshold passed only because an admin lowered the limit still gets its alert. Pure: the SQLite
+    hot path (``sqlite_fast``) calls it in the database thread, with ``created_at`` as stored.
     """
     values = []
     for row in rows:
@@ -83,15 +88,36 @@ async def insert_alerts(
                         "spent_nano_usd": spent,
                         "limit_nano_usd": limit,
                         "channel": budget.channel,
-                        "created_at": now,
+                        "created_at": created_at,
                         "attempts": 0,
                     }
                 )
+    return values
+
+
+async def insert_alerts(
+    conn: AsyncConnection,
+    db: Database,
+    rows: Sequence[sa.Row[Any]],
+    budgets: Mapping[str, BudgetConfig],
+    now: datetime,
+) -> list[Alert]:
+    """Queue an alert for every threshold each budget row has reached; return the ones created now."""
+    values = alert_values(rows, budgets, now)
     if not values:
         return []
     conflict = ["budget", "scope", "scope_key", "period", "period_start", "threshold"]
     result = await conn.execute(db.insert_ignore(alerts, conflict).values(values).returning(*alerts.c))
     return sorted((row_to_alert(r) for r in result), key=lambda a: a.id)
+
+
+async def alerts_by_id(db: Database, ids: Sequence[int]) -> list[Alert]:
+    """The alerts with these ids, by id (used after the hot path committed them)."""
+    if not ids:
+        return []
+    async with db.read() as conn:
+        rows = await conn.execute(sa.select(alerts).where(alerts.c.id.in_(list(ids))).order_by(alerts.c.id))
+        return [row_to_alert(r) for r in rows]
 
 
 async def pending_alerts(db: Database, limit: int) -> list[Alert]:

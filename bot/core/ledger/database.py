@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bot.core.config import DatabaseConfig
 from bot.core.errors import ConfigurationError
 
-__all__ = ["Backend", "Database", "normalise_url"]
+__all__ = ["Backend", "Database", "configure_sqlite", "normalise_url"]
 
 Backend = Literal["sqlite", "postgresql"]
 
@@ -71,19 +71,24 @@ def normalise_url(raw: str) -> tuple[URL, Backend]:
     )
 
 
+def configure_sqlite(dbapi_connection: Any) -> None:
+    """Set up a new SQLite connection (SQLAlchemy's, or the hot path's plain ``sqlite3`` one)."""
+    # Stop the driver from issuing its own (deferred) BEGIN; _on_begin issues ours.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # busy_timeout first: switching to WAL needs a lock another process may hold.
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    # FULL: a committed charge survives power loss too; the ledger is money.
+    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
 def _install_sqlite_events(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Stop the driver from issuing its own (deferred) BEGIN; _on_begin issues ours.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # busy_timeout first: switching to WAL needs a lock another process may hold.
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # FULL: a committed charge survives power loss too; the ledger is money.
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
+        configure_sqlite(dbapi_connection)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -94,11 +99,14 @@ def _install_sqlite_events(engine: AsyncEngine) -> None:
 class Database:
     """The engine plus the two kinds of transaction the ledger needs: write and read."""
 
-    def __init__(self, engine: AsyncEngine, backend: Backend) -> None:
+    def __init__(self, engine: AsyncEngine, backend: Backend, sqlite_path: str | None = None) -> None:
         self.engine = engine
         self.backend: Backend = backend
+        self.sqlite_path = sqlite_path
+        """The SQLite file when a plain connection to it is equivalent to the engine's (else None)."""
         # SQLite has one writer at a time anyway: queue here rather than in its polling busy handler.
-        self._write_gate = asyncio.Lock() if backend == "sqlite" else asyncio.Semaphore(PG_CONCURRENT_WRITES)
+        self.write_gate = asyncio.Lock() if backend == "sqlite" else asyncio.Semaphore(PG_CONCURRENT_WRITES)
+        """Held around every write transaction of this process (also the SQLite hot path's)."""
 
     @classmethod
     def connect(cls, config: DatabaseConfig) -> Database:
@@ -109,6 +117,8 @@ class Database:
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(url, pool_size=5, max_overflow=10)
             _install_sqlite_events(engine)
+            # URL options (uri, mode…) would make a plain connection differ: no hot path then.
+            return cls(engine, backend, None if url.query else url.database)
         else:
             # Enough connections that contention is on rows, not on the pool.
             engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=60)
@@ -122,7 +132,7 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed on normal exit, rolled back on an exception."""
-        async with self._write_gate, self.engine.begin() as conn:
+        async with self.write_gate, self.engine.begin() as conn:
             yield conn
 
     @asynccontextmanager

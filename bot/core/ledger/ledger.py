@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -30,13 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.errors import BudgetExceededError, ConfigurationError
-from bot.core.ledger import alerts, queries, store
-from bot.core.ledger.database import Database
+from bot.core.ledger import alerts, queries, sqlite_fast, store
+from bot.core.ledger.database import Database, configure_sqlite
 from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
 from bot.core.ledger.outbox import Outbox
 from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
-from bot.core.ledger.schema import from_nanos, hold_items, holds, to_nanos
+from bot.core.ledger.schema import from_nanos, to_nanos
 from bot.core.types import CallRecord, Principal
 
 __all__ = ["Clock", "Ledger"]
@@ -46,8 +47,6 @@ Clock = Callable[[], datetime]
 
 #: Expired holds released per sweep transaction (keeps each transaction short).
 _SWEEP_BATCH = 500
-_INSERT_HOLD = holds.insert()
-_INSERT_HOLD_ITEM = hold_items.insert()
 
 
 def _utc_now() -> datetime:
@@ -73,6 +72,12 @@ class Ledger:
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
         self._period_ids: dict[store.PeriodKey, int] = {}
+        # SQLite: reserve and settle run as one hop to a dedicated connection's thread (sqlite_fast).
+        self._fast = (
+            sqlite_fast.FastSqlite(db.sqlite_path, configure_sqlite, db.engine.dialect)
+            if db.sqlite_path
+            else None
+        )
         self.outbox = Outbox(db, self._by_name, self._tz, self._now)
         """Claiming and delivering alerts, job-made alert kinds, job runs (see ``outbox.py``)."""
 
@@ -99,6 +104,8 @@ class Ledger:
 
     async def close(self) -> None:
         """Close every database connection."""
+        if self._fast is not None:
+            await self._fast.close()
         await self._db.dispose()
 
     async def __aenter__(self) -> Self:
@@ -165,30 +172,30 @@ class Ledger:
             created_at=now,
             expires_at=now + self._ttl,
         )
+        if self._fast is not None and all(t.key in self._period_ids for t in targets):
+            # Every row exists already (the common case): the one-hop SQLite transaction.
+            return await self._fast_reserve(self._fast, targets, hold, nanos)
         try:
             async with self._db.write() as conn:
-                limits = await store.effective_limits(conn, targets)
-                ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
+                ids = {t.key: self._period_ids[t.key] for t in targets if t.key in self._period_ids}
+                if len(ids) < len(targets):
+                    # New rows are created with the limit in force; known rows pick it in the UPDATE.
+                    limits = await store.effective_limits(conn, targets)
+                    ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
                 row_ids = store.lock_order(ids.values())
                 # The hold goes in first: it locks no budget row, so row locks are held briefly.
-                await conn.execute(
-                    _INSERT_HOLD,
-                    {
-                        "id": hold.id,
-                        "request_id": request_id,
-                        "amount_nano_usd": nanos,
-                        "created_at": now,
-                        "expires_at": hold.expires_at,
-                    },
-                )
-                if row_ids:
-                    items = [{"hold_id": hold.id, "budget_period_id": i} for i in row_ids]
-                    await conn.execute(_INSERT_HOLD_ITEM, items)
-                limit_of = {ids[t.key]: limits[t.key] for t in targets}
+                values = {
+                    "id": hold.id,
+                    "request_id": request_id,
+                    "amount_nano_usd": nanos,
+                    "created_at": now,
+                    "expires_at": hold.expires_at,
+                }
+                await store.insert_hold(conn, self._db, values, row_ids)
                 target_of = {ids[t.key]: t for t in targets}
                 # One fixed order for every transaction: replicas never deadlock on shared rows.
                 for row_id in row_ids:
-                    await self._reserve_row(conn, row_id, nanos, limit_of[row_id], target_of[row_id])
+                    await self._reserve_row(conn, row_id, nanos, target_of[row_id])
         except IntegrityError as exc:
             if "request_id" in str(exc.orig) or "holds" in str(exc.orig):
                 raise ValueError(f"request_id '{request_id}' already has a hold") from None
@@ -203,15 +210,33 @@ class Ledger:
             budget_period_ids=tuple(row_ids),
         )
 
-    async def _reserve_row(
-        self, conn: AsyncConnection, row_id: int, nanos: int, limit: int, target: Target
-    ) -> None:
-        refused = await store.reserve_row(conn, row_id, nanos, limit)
+    async def _fast_reserve(
+        self, fast: sqlite_fast.FastSqlite, targets: Sequence[Target], hold: Hold, nanos: int
+    ) -> Hold:
+        """``_try_reserve`` on SQLite when every target's row id is known (see ``sqlite_fast``)."""
+        target_of = {self._period_ids[t.key]: t for t in targets}
+        rows = {
+            i: sqlite_fast.RowBudget(t.budget.name, t.scope_key, to_nanos(t.budget.limit_usd))
+            for i, t in target_of.items()
+        }
+        try:
+            await fast.reserve(self._db.write_gate, hold, nanos, rows)
+        except sqlite_fast.Refusal as r:
+            raise self._refusal(target_of[r.row_id], nanos, r.limit, r.spent, r.reserved) from None
+        return replace(hold, budget_period_ids=tuple(store.lock_order(rows)))
+
+    async def _reserve_row(self, conn: AsyncConnection, row_id: int, nanos: int, target: Target) -> None:
+        refused = await store.reserve_row(conn, row_id, nanos, to_nanos(target.budget.limit_usd))
         if refused is None:
             return
-        spent, reserved = refused
+        # Only now read the limit in force (the UPDATE picked it in SQL), for the error message.
+        limit = (await store.effective_limits(conn, [target]))[target.key]
         # Raising inside the transaction rolls back the holds taken on other rows.
-        raise BudgetExceededError(
+        raise self._refusal(target, nanos, limit, *refused)
+
+    @staticmethod
+    def _refusal(target: Target, nanos: int, limit: int, spent: int, reserved: int) -> BudgetExceededError:
+        return BudgetExceededError(
             budget=budget_label(target.budget.name, target.budget.scope, target.scope_key),
             limit=from_nanos(limit),
             spent=from_nanos(spent),
@@ -244,11 +269,14 @@ class Ledger:
                 f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
             )
         now = self._now()
+        if self._fast is not None:
+            # The same statements as below, in one hop (see sqlite_fast.settle_tx).
+            ids = await self._fast.settle(self._db.write_gate, hold, record, self._by_name, now)
+            return await alerts.alerts_by_id(self._db, ids)
         async with self._db.write() as conn:
             # The calls row first: its unique request_id makes a repeated settle a no-op charge.
-            new_row = record is not None and await store.insert_call(conn, self._db, record)
+            new_row, claimed = await store.record_and_claim(conn, self._db, record, hold.id)
             spend = to_nanos(record.cost_usd) if new_row and record is not None else 0
-            claimed = await store.claim_hold(conn, hold.id)
             if claimed is not None:
                 held, row_ids = claimed
                 unreserve = dict.fromkeys(row_ids, held)

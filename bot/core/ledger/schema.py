@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 __all__ = [
+    "CALL_COLUMNS",
     "LEDGER_TABLES",
     "MAX_NANOS",
     "NANOS_PER_USD",
@@ -140,6 +141,9 @@ calls = sa.Table(
     sa.CheckConstraint("outcome IN ('ok', 'refused', 'error', 'cancelled')", name="ck_calls_outcome"),
     sa.CheckConstraint("cost_nano_usd >= 0", name="ck_calls_cost"),
 )
+
+#: The columns a call's row is written with (all but the auto-numbered id): ``store.call_params``.
+CALL_COLUMNS = tuple(c.name for c in calls.c if not c.primary_key)
 
 budget_periods = sa.Table(
     "budget_periods",

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.core.config import BudgetConfig
+from bot.core.ledger import pg_fast
 from bot.core.ledger.database import Database
 from bot.core.ledger.periods import Target
 from bot.core.ledger.schema import (
@@ -35,15 +36,18 @@ from bot.core.types import CallRecord
 
 __all__ = [
     "PeriodKey",
+    "call_params",
     "charge_rows",
     "claim_hold",
     "effective_limits",
     "ensure_periods",
     "expired_hold_exists",
     "insert_call",
+    "insert_hold",
     "load_overrides",
     "lock_order",
     "pick_limit",
+    "record_and_claim",
     "reserve_row",
     "sweep_batch",
 ]
@@ -58,6 +62,23 @@ _SELECT_OVERRIDES = sa.select(
     budget_overrides.c.budget, budget_overrides.c.scope_key, budget_overrides.c.limit_nano_usd
 ).where(budget_overrides.c.budget.in_(_bind("p_names", expanding=True)))
 
+_bo = budget_overrides.c
+
+
+def _override(scope_key: sa.ColumnElement[str] | str) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(_bo.limit_nano_usd)
+        .where(_bo.budget == _bp.budget, _bo.scope_key == scope_key)
+        .scalar_subquery()
+    )
+
+
+# The limit in force (as pick_limit: the row's key, then "*", then config as p_limit), read in
+# the UPDATE itself: one round trip less than reading the overrides first, and just as current.
+_LIMIT_IN_FORCE = sa.func.coalesce(
+    _override(_bp.scope_key), _override("*"), _bind("p_limit", type_=sa.BigInteger)
+)
+
 # The check and the hold in one statement. On PostgreSQL the row lock makes a concurrent reserver
 # wait, then re-evaluate the WHERE against our committed result; on SQLite we are the only writer.
 # The limit is written too, so a limit changed in config or by an admin applies to this period.
@@ -65,9 +86,9 @@ _RESERVE_ROW = (
     sa.update(budget_periods)
     .where(
         _bp.id == _bind("p_id"),
-        _bp.spent_nano_usd + _bp.reserved_nano_usd + _bind("p_amount") <= _bind("p_limit"),
+        _bp.spent_nano_usd + _bp.reserved_nano_usd + _bind("p_amount") <= _LIMIT_IN_FORCE,
     )
-    .values(reserved_nano_usd=_bp.reserved_nano_usd + _bind("p_amount"), limit_nano_usd=_bind("p_limit"))
+    .values(reserved_nano_usd=_bp.reserved_nano_usd + _bind("p_amount"), limit_nano_usd=_LIMIT_IN_FORCE)
 )
 _SELECT_ROW_MONEY = sa.select(_bp.spent_nano_usd, _bp.reserved_nano_usd).where(_bp.id == _bind("p_id"))
 
@@ -210,12 +231,12 @@ def _insert_call_statement(backend: str) -> sa.Insert:
     return insert.on_conflict_do_nothing(index_elements=["request_id"]).returning(calls.c.id)
 
 
-async def insert_call(conn: AsyncConnection, db: Database, record: CallRecord) -> bool:
-    """Insert the calls row; False when ``request_id`` is already recorded (then nothing changes)."""
+def call_params(record: CallRecord) -> dict[str, Any]:
+    """The calls row of ``record``, by column name (checks the record's timestamp is aware)."""
     p, u = record.principal, record.usage
     if record.created_at.tzinfo is None:
         raise ValueError("CallRecord.created_at must be timezone-aware")
-    params = {
+    return {
         "request_id": record.request_id,
         "created_at": record.created_at,
         "surface": p.surface,
@@ -237,13 +258,51 @@ async def insert_call(conn: AsyncConnection, db: Database, record: CallRecord) -
         "outcome": record.outcome,
         "error_code": record.error_code,
     }
-    result = await conn.execute(_insert_call_statement(db.backend), params)
+
+
+async def insert_call(conn: AsyncConnection, db: Database, record: CallRecord) -> bool:
+    """Insert the calls row; False when ``request_id`` is already recorded (then nothing changes)."""
+    result = await conn.execute(_insert_call_statement(db.backend), call_params(record))
     return result.scalar_one_or_none() is not None
 
 
-async def reserve_row(conn: AsyncConnection, row_id: int, amount: int, limit: int) -> tuple[int, int] | None:
-    """Add ``amount`` to the row's reserved if it fits under ``limit``; else return (spent, reserved)."""
-    params = {"p_id": row_id, "p_amount": amount, "p_limit": limit}
+_INSERT_HOLD = holds.insert()
+_INSERT_HOLD_ITEM = hold_items.insert()
+
+
+async def insert_hold(
+    conn: AsyncConnection, db: Database, hold: dict[str, Any], row_ids: Sequence[int]
+) -> None:
+    """Insert the hold row (``holds`` columns in ``hold``) and one item per budget row."""
+    if not db.is_sqlite:
+        await pg_fast.insert_hold(conn, hold, row_ids)  # one round trip instead of two
+        return
+    await conn.execute(_INSERT_HOLD, hold)
+    if row_ids:
+        await conn.execute(
+            _INSERT_HOLD_ITEM, [{"hold_id": hold["id"], "budget_period_id": i} for i in row_ids]
+        )
+
+
+async def record_and_claim(
+    conn: AsyncConnection, db: Database, record: CallRecord | None, hold_id: str
+) -> tuple[bool, tuple[int, list[int]] | None]:
+    """Insert ``record``'s calls row (if any), then ``claim_hold``; return (row is new, claim)."""
+    if record is not None and not db.is_sqlite:
+        return await pg_fast.record_and_claim(conn, call_params(record), hold_id)  # one round trip
+    new_row = record is not None and await insert_call(conn, db, record)
+    return new_row, await claim_hold(conn, hold_id)
+
+
+async def reserve_row(
+    conn: AsyncConnection, row_id: int, amount: int, config_limit: int
+) -> tuple[int, int] | None:
+    """Add ``amount`` to the row's reserved if it fits under the limit in force; else (spent, reserved).
+
+    The limit in force is an admin's override of the row's budget (see ``pick_limit``), else
+    ``config_limit``; it is also written to the row.
+    """
+    params = {"p_id": row_id, "p_amount": amount, "p_limit": config_limit}
     if (await conn.execute(_RESERVE_ROW, params)).rowcount == 1:
         return None
     row = (await conn.execute(_SELECT_ROW_MONEY, {"p_id": row_id})).one()
