@@ -52,6 +52,7 @@ class LedgerPort(Protocol):
     async def settle(self, hold: Any, record: CallRecord) -> Any: ...
     async def release(self, hold: Any, record: CallRecord | None = None) -> Any: ...
     async def record(self, record: CallRecord) -> None: ...
+    async def claim_request(self, request_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +94,14 @@ class Accountant:
         self._ledger = ledger
         self._observers = observers
 
-    async def reserve(self, ctx: CallContext) -> Any:
-        """Hold the worst case on the session budget and the ledger; refusals are recorded at $0."""
+    async def reserve(self, ctx: CallContext, *, claim_request_id: bool = False) -> Any:
+        """Hold the worst case on the session budget and the ledger; refusals are recorded at $0.
+
+        ``claim_request_id``: the id came from the caller as an idempotency key; claim it first,
+        so a second copy of the request (``DuplicateRequestError``) touches no budget at all.
+        """
+        if claim_request_id and self._ledger is not None:
+            await self._ledger.claim_request(ctx.request_id)
         try:
             self.costs.reserve(ctx.worst_case_usd)
         except BotError as err:

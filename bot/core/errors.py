@@ -10,6 +10,7 @@ are converted to these at exactly one boundary (``bot.core.providers.errors``).
     ├── AddonError                an addon hook failed
     ├── PricingError              a call could not be priced (never recorded as $0)
     ├── BudgetExceededError       a budget would be passed; nothing was called or charged
+    ├── DuplicateRequestError     this request id was already used (a retried request)
     └── ProviderError             the upstream model provider failed
         ├── APIKeyMissingError    no key configured for the provider
         ├── ProviderConnectionError  network failure or timeout
@@ -32,6 +33,7 @@ __all__ = [
     "BotError",
     "BudgetExceededError",
     "ConfigurationError",
+    "DuplicateRequestError",
     "ModelNotFoundError",
     "PricingError",
     "ProviderConnectionError",
@@ -147,6 +149,19 @@ class BudgetExceededError(BotError):
             requested=requested,
             remaining=self.remaining,
             resets_at=resets_at,
+        )
+
+
+class DuplicateRequestError(BotError):
+    """A request with this id was already made (e.g. a Slack retry): nothing was called or charged."""
+
+    code = "duplicate_request"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request '{request_id}' was already received; it is not run twice",
+            hint="Nothing to do: the first copy of this request is answered.",
+            request_id=request_id,
         )
 
 

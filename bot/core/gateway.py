@@ -62,6 +62,7 @@ class Gateway:
         temperature: float | None = None,
         dry_run: bool = False,
         on_text: OnText | None = None,
+        request_id: str | None = None,
     ) -> ChatResult:
         """One call for ``principal``, charged to every budget that applies to it."""
         async with self.sessions.create(principal=principal) as session:
@@ -73,6 +74,7 @@ class Gateway:
                 temperature=temperature,
                 dry_run=dry_run,
                 on_text=on_text,
+                request_id=request_id,
             )
 
     async def budget_status(self, principal: Principal) -> list[dict[str, Any]]:

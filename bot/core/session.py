@@ -134,8 +134,14 @@ class LLMSession:
         temperature: float | None = None,
         dry_run: bool | None = None,
         on_text: OnText | None = None,
+        request_id: str | None = None,
     ) -> ChatResult:
-        """Make one call within budget; see the module docstring for the flow."""
+        """Make one call within budget; see the module docstring for the flow.
+
+        ``request_id`` is an idempotency key: a face that may receive the same request twice
+        (Slack retries it) passes one derived from the request, and the ledger refuses a second
+        call with it (``DuplicateRequestError``), whichever replica it reaches.
+        """
         if not self.is_active:
             raise ValidationError(["the session is not active"], hint="Use it inside `async with session:`.")
         model = model or self.defaults.default_model
@@ -155,7 +161,8 @@ class LLMSession:
                 limit=info.context_window,
             )
         worst = provider.estimate_cost(model, counted.tokens, max_tokens)
-        request_id = new_request_id()
+        caller_key = request_id is not None
+        request_id = request_id or new_request_id()
         if self.dry_run if dry_run is None else dry_run:
             result = ChatResult(
                 "", model, provider.provider_name, Usage(input_tokens=counted.tokens), worst, 0.0, request_id,
@@ -174,7 +181,7 @@ class LLMSession:
             worst,
         )
         await self._run_hooks("before_call", ctx)
-        hold = await self._accounts.reserve(ctx)
+        hold = await self._accounts.reserve(ctx, claim_request_id=caller_key)
         request = ChatRequest(messages, upstream, max_tokens, temperature, on_text)
         result = await self._call(provider, request, ctx, hold, exact_input=counted.exact)
         await self.alerts.check(self.costs.spent, self.costs.budget)

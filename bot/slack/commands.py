@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core.errors import BotError
+from bot.core.errors import BotError, DuplicateRequestError
 from bot.core.gateway import Gateway
 from bot.core.types import Principal
 from bot.slack.blocks import budget_blocks, models_blocks, team_blocks
-from bot.slack.dedupe import RetryDeduper, command_key
+from bot.slack.dedupe import RetryDeduper, command_key, request_id_of
 from bot.slack.delivery import AnswerStream, Delivery
 from bot.slack.formatting import footer
 from bot.slack.settings import SlackSettings
@@ -112,7 +112,12 @@ class SlackCommands:
         out = Delivery(self.client, command)
         stream = AnswerStream(out, interval=self.settings.update_interval, limit=self.settings.message_limit)
         try:
-            result = await self.gateway.generate(principal, prompt, model=model, on_text=stream.on_text)
+            result = await self.gateway.generate(
+                principal, prompt, model=model, on_text=stream.on_text, request_id=request_id_of(command)
+            )
+        except DuplicateRequestError:  # a retry that reached this replica: the first copy answers
+            log.info("ignoring a retry of %s already run elsewhere", command_key(command))
+            return
         except BotError as err:
             await stream.abandon("stopped: the reason was sent to you")
             await out.ephemeral(f":warning: {err}")

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from bot.core import BudgetExceededError, CallRecord, ChatResult, Principal, ProviderError
+from bot.core import (
+    BudgetExceededError,
+    CallRecord,
+    ChatResult,
+    DuplicateRequestError,
+    Principal,
+    ProviderError,
+)
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.factory import SessionFactory
 from bot.core.gateway import Gateway
@@ -151,6 +158,9 @@ class FlakyLedger:
         self._maybe_fail()
         await self.ledger.record(record)
 
+    async def claim_request(self, request_id: str) -> None:
+        await self.ledger.claim_request(request_id)
+
 
 @pytest.mark.parametrize(("failures", "kept"), [(2, True), (3, False)])
 async def test_a_passing_ledger_failure_does_not_lose_the_record(
@@ -176,3 +186,37 @@ async def test_a_passing_ledger_failure_does_not_lose_the_record(
             logged = [r for r in caplog.records if r.getMessage().startswith("ledger write failed")]
             assert logged and logged[0].record["outcome"] == "ok"  # type: ignore[attr-defined]
     await ledger.close()
+
+
+async def test_a_request_id_runs_once_across_replicas(
+    tmp_path: Path, fake_env: dict[str, str], fake: FakeUpstream
+) -> None:
+    """Two gateways on one database (two replicas) get the same retried request: one call runs."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    budgets = [BudgetConfig(name="global", scope="global", limit_usd=Decimal(100), period="monthly")]
+    replicas = [
+        Gateway(fast_config(), ledger=await Ledger.open(DatabaseConfig(url=url), budgets), env=fake_env)
+    ]
+    replicas.append(
+        Gateway(fast_config(), ledger=await Ledger.open(DatabaseConfig(url=url), budgets), env=fake_env)
+    )
+    fake.latency = 0.05
+
+    async def attempt(gateway: Gateway) -> ChatResult | DuplicateRequestError:
+        try:
+            return await gateway.generate(
+                ALICE, "x", model="gpt-4o-mini", max_tokens=20, request_id="slack-abc"
+            )
+        except DuplicateRequestError as err:
+            return err
+
+    first, second = await asyncio.gather(*(attempt(g) for g in replicas))
+    late = await attempt(replicas[0])  # a retry after the first copy finished
+    outcomes = sorted(type(r).__name__ for r in (first, second, late))
+    assert outcomes == ["ChatResult", "DuplicateRequestError", "DuplicateRequestError"]
+    assert len(fake.requests_to(CHAT)) == 1
+    assert replicas[0].ledger is not None
+    totals = await replicas[0].ledger.totals()
+    assert totals.calls == 1 and totals.by_outcome["ok"].calls == 1
+    for gateway in replicas:
+        await gateway.close()

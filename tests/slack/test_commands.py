@@ -108,3 +108,13 @@ async def test_models_lists_prices(make_slack: MakeSlack, fake: FakeUpstream) ->
     text = _texts(blocks)
     assert "`gpt-4o-mini` (openai) in $0.15 / out $0.60 per 1M tokens" in text
     assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
+
+
+def test_a_retry_carries_the_same_request_id_on_any_replica() -> None:
+    from bot.slack.dedupe import request_id_of
+
+    first = {"team_id": "T1", "trigger_id": "123.456.abc", "response_url": "https://hooks/x"}
+    retry = dict(first)
+    other = {**first, "trigger_id": "123.456.def"}
+    assert request_id_of(first) == request_id_of(retry) != request_id_of(other)
+    assert request_id_of(first).startswith("slack-") and len(request_id_of(first)) <= 128

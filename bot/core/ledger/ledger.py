@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.core.config import BudgetConfig, DatabaseConfig
-from bot.core.errors import BudgetExceededError, ConfigurationError
+from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
 from bot.core.ledger import alerts, queries, sqlite_fast, store
 from bot.core.ledger.database import Database, configure_sqlite
 from bot.core.ledger.migrations import migrate
@@ -288,6 +288,14 @@ class Ledger:
             if spend == 0:
                 return []
             return await alerts.insert_alerts(conn, self._db, rows, self._by_name, now)
+
+    async def claim_request(self, request_id: str) -> None:
+        """Claim an idempotency key; ``DuplicateRequestError`` if any replica did (keys are kept)."""
+        try:
+            async with self._db.write() as conn:
+                await store.insert_request_key(conn, request_id, self._now())
+        except IntegrityError:
+            raise DuplicateRequestError(request_id) from None
 
     async def record(self, record: CallRecord) -> None:
         """Write a call that had no hold, e.g. a refused call at $0. Idempotent per request_id.

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from bot.core.ledger.database import Database
 from bot.core.ledger.schema import UTCDateTime, schema_migrations
 
-__all__ = ["MIGRATIONS", "Migration", "m001_initial", "m002_alert_delivery", "migrate"]
+__all__ = ["MIGRATIONS", "Migration", "m001_initial", "m002_alert_delivery", "m003_request_keys", "migrate"]
 
 #: A migration: runs DDL/DML on a synchronous connection inside the migration transaction.
 Migration = Callable[[sa.Connection], None]
@@ -150,10 +150,23 @@ def m002_alert_delivery(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def m003_request_keys(conn: sa.Connection) -> None:
+    """Create ``request_keys``: idempotency keys, so a retried request runs once on any replica."""
+    md = sa.MetaData()
+    sa.Table(
+        "request_keys",
+        md,
+        sa.Column("request_id", sa.String(128), primary_key=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, in order: (version, name, function).
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "m001_initial", m001_initial),
     (2, "m002_alert_delivery", m002_alert_delivery),
+    (3, "m003_request_keys", m003_request_keys),
 )
 
 

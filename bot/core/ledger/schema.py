@@ -235,8 +235,18 @@ job_runs = sa.Table(
     sa.Column("finished_at", UTCDateTime()),
 )
 
+# m003: idempotency keys of requests a face may receive twice (Slack retries): the first insert
+# wins on any replica, a second one is refused before anything is reserved or called.
+request_keys = sa.Table(
+    "request_keys",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
 #: Every table the ledger owns, in an order safe for DROP (dependants first).
 LEDGER_TABLES = (
+    "request_keys",
     "job_runs",
     "alerts",
     "hold_items",

@@ -30,6 +30,7 @@ from bot.core.ledger.schema import (
     calls,
     hold_items,
     holds,
+    request_keys,
     to_nanos,
 )
 from bot.core.types import CallRecord
@@ -44,6 +45,7 @@ __all__ = [
     "expired_hold_exists",
     "insert_call",
     "insert_hold",
+    "insert_request_key",
     "load_overrides",
     "lock_order",
     "pick_limit",
@@ -382,3 +384,8 @@ async def sweep_batch(conn: AsyncConnection, now: datetime, batch: int) -> int:
         give_back[row_id] = give_back.get(row_id, 0) + amount_of[item.hold_id]
     await charge_rows(conn, give_back, unreserve=give_back, spend=0)
     return len(claimed)
+
+
+async def insert_request_key(conn: AsyncConnection, request_id: str, now: datetime) -> None:
+    """Insert an idempotency key (the primary key makes a second insert fail, on any replica)."""
+    await conn.execute(sa.insert(request_keys).values(request_id=request_id, created_at=now))
