@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +27,12 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import ThreadedServer
 
 __all__ = ["FakeSlackApi", "SlackCall"]
 
@@ -79,19 +79,16 @@ class FakeSlackApi:
         self._file_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self._sock: socket.socket | None = None
         self._app_token: str | None = None
         self._issue_socket_url: Callable[[], str] | None = None
-        self._app = Starlette(
+        app = Starlette(
             routes=[
                 Route("/api/{method}", self._api, methods=["POST", "GET"]),
                 Route("/response/{rid}", self._response, methods=["POST"]),
                 Route("/upload/{fid}", self._upload, methods=["POST"]),
             ]
         )
+        self._http = ThreadedServer(app, name="FakeSlackApi")
 
     # ----------------------------------------------------------------- configuration
     def reset(self) -> None:
@@ -146,9 +143,7 @@ class FakeSlackApi:
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``."""
-        if self._port is None:
-            raise RuntimeError("FakeSlackApi is not running")
-        return f"http://127.0.0.1:{self._port}"
+        return self._http.base_url
 
     @property
     def api_url(self) -> str:
@@ -162,35 +157,12 @@ class FakeSlackApi:
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Self:
         """Start serving in a background thread; returns once the port is listening."""
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            self._app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-            ws="none", http="h11", loop="asyncio", timeout_graceful_shutdown=2,
-        )  # fmt: skip
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError("FakeSlackApi failed to start")
-            time.sleep(0.005)
-        self._server, self._thread, self._port, self._sock = server, thread, sock.getsockname()[1], sock
+        self._http.start()
         return self
 
     def stop(self) -> None:
         """Stop the server and wait for its thread."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        if self._sock is not None:
-            self._sock.close()
-        self._server, self._thread, self._port, self._sock = None, None, None, None
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
