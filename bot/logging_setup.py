@@ -188,8 +188,19 @@ def configure_logging(
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
-    # Client libraries log request URLs and headers at INFO/DEBUG; keep them quiet unless debugging.
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "anthropic", "slack_bolt", "slack_sdk"):
+    # Client libraries log request URLs and headers at INFO/DEBUG, and the scheduler a line per job
+    # run; keep them quiet unless debugging (our own jobs log what matters).
+    noisy_loggers = (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "openai",
+        "anthropic",
+        "slack_bolt",
+        "slack_sdk",
+        "apscheduler",
+    )
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
     return redactor
 
