@@ -48,6 +48,8 @@ USERS = [Principal(surface="slack", team_id="T1", user_id=f"u{i}") for i in rang
 
 @dataclass
 class Result:
+    """One benchmark run: its settings, duration and per-operation latencies."""
+
     backend: str
     ops: int
     concurrency: int
@@ -56,13 +58,16 @@ class Result:
 
     @property
     def ops_per_second(self) -> float:
+        """Operations completed per second."""
         return self.ops / self.seconds
 
     def pct(self, p: float) -> float:
+        """The ``p``-th percentile of the latencies, in ms."""
         return statistics.quantiles(self.latencies_ms, n=100)[int(p) - 1]
 
 
 async def one_op(ledger: Ledger, i: int, prefix: str) -> float:
+    """One reserve + settle; returns its latency in ms."""
     who = USERS[i % len(USERS)]
     rid = f"{prefix}-{i}"
     started = time.perf_counter()
@@ -73,6 +78,7 @@ async def one_op(ledger: Ledger, i: int, prefix: str) -> float:
 
 
 async def run(backend: str, url: str, ops: int, concurrency: int) -> Result:
+    """Run ``ops`` operations, ``concurrency`` at a time, on a fresh ledger at ``url``."""
     async with await Ledger.open(DatabaseConfig(url=url), BUDGETS) as ledger:
         for i in range(20):  # warm up: period rows, pool, statement caches
             await one_op(ledger, i, "warm")
@@ -112,6 +118,7 @@ async def scratch_postgres(dsn: str) -> AsyncIterator[str]:
 
 
 def print_table(results: list[Result]) -> None:
+    """Print one row per run."""
     header = ("backend", "ops", "concurrency", "seconds", "ops/s", "p50 ms", "p95 ms", "p99 ms")
     rows = [
         (r.backend, str(r.ops), str(r.concurrency), f"{r.seconds:.2f}", f"{r.ops_per_second:.0f}",
@@ -127,6 +134,7 @@ def print_table(results: list[Result]) -> None:
 
 
 async def main() -> None:
+    """Parse arguments and run the benchmark on each backend."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

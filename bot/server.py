@@ -60,8 +60,11 @@ _QUIET = ("/healthz", "/readyz", "/metrics")
 class Service(Protocol):
     """Something that runs beside the server (the report scheduler): started and stopped with it."""
 
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
+    async def start(self) -> None:
+        """Start (called in the app's lifespan, after the faces)."""
+
+    async def stop(self) -> None:
+        """Stop (called on shutdown, before the gateway closes)."""
 
 
 #: Builds a service once the core exists: ``factory(gateway, config, slack_client_or_None)``.

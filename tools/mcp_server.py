@@ -60,6 +60,7 @@ class BearerAuth:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 401 unless the request carries a known bearer token; pass it on with its client."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

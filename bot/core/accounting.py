@@ -48,11 +48,20 @@ class LedgerPort(Protocol):
 
     async def reserve(
         self, principal: Principal, amount: Decimal, *, request_id: str, model: str, provider: str
-    ) -> Any: ...
-    async def settle(self, hold: Any, record: CallRecord) -> Any: ...
-    async def release(self, hold: Any, record: CallRecord | None = None) -> Any: ...
-    async def record(self, record: CallRecord) -> None: ...
-    async def claim_request(self, request_id: str) -> None: ...
+    ) -> Any:
+        """Hold ``amount`` on every applicable budget, or raise ``BudgetExceededError``."""
+
+    async def settle(self, hold: Any, record: CallRecord) -> Any:
+        """Charge the real cost in place of the hold and write the record; return new alerts."""
+
+    async def release(self, hold: Any, record: CallRecord | None = None) -> Any:
+        """Free the hold (charging a failed call's billed cost, if any) and write the record."""
+
+    async def record(self, record: CallRecord) -> None:
+        """Write a record that had no hold (a refusal)."""
+
+    async def claim_request(self, request_id: str) -> None:
+        """Claim an idempotency key, or raise ``DuplicateRequestError``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +85,8 @@ class CallObserver(Protocol):
     them at once; metrics count records. Observers must not raise (failures are logged).
     """
 
-    async def on_call(self, record: CallRecord, alerts: Sequence[Any]) -> None: ...
+    async def on_call(self, record: CallRecord, alerts: Sequence[Any]) -> None:
+        """Hear about one call's record and the ledger alerts it created."""
 
 
 class Accountant:

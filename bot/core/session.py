@@ -35,8 +35,11 @@ class Addon(Protocol):
 
     name: str
 
-    async def before_call(self, ctx: CallContext) -> None: ...
-    async def after_call(self, ctx: CallContext, result: ChatResult) -> None: ...
+    async def before_call(self, ctx: CallContext) -> None:
+        """Run before the money is held; raising refuses the call (``AddonError``)."""
+
+    async def after_call(self, ctx: CallContext, result: ChatResult) -> None:
+        """Run after a successful call; a failure is logged, never raised."""
 
 
 class LLMSession:

@@ -151,6 +151,7 @@ class ScriptedResponse(Response):
         self.raw = [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the scripted status and parts, then end the body or drop the connection."""
         if self.status is not None:
             await send({"type": "http.response.start", "status": self.status, "headers": self.raw})
         for part in self.parts:
@@ -175,5 +176,6 @@ class CaptureCycle:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Leave uvicorn's request cycle in the scope, then call the app."""
         scope[CYCLE_KEY] = getattr(send, "__self__", None)
         await self.app(scope, receive, send)
