@@ -65,7 +65,39 @@ async def serve_in_loop(app: ASGIApp) -> AsyncIterator[str]:
         sock.close()
 
 
-class ThreadedServer:
+class BackgroundServer:
+    """Context-manager plumbing for a fake that serves from a background thread.
+
+    Subclasses provide ``start()`` (returning ``self`` once listening) and ``stop()``; ``with`` and
+    ``async with`` then work alike (the async form starts and stops off the event loop).
+    """
+
+    def start(self) -> Self:
+        """Start serving; returns once the port is listening."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class ThreadedServer(BackgroundServer):
     """``app`` under uvicorn on a random loopback port, in a daemon thread."""
 
     def __init__(self, app: ASGIApp, *, name: str = "fake server") -> None:
@@ -123,22 +155,6 @@ class ThreadedServer:
         if self._sock is not None:
             self._sock.close()
         self._server, self._thread, self._port, self._sock = None, None, None, None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 class ScriptedResponse(Response):

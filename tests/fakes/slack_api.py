@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
@@ -32,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.loopback import ThreadedServer
+from tests.fakes.loopback import BackgroundServer, ThreadedServer
 
 __all__ = ["FakeSlackApi", "SlackCall"]
 
@@ -67,7 +66,7 @@ class _Fault:
     retry_after: float | None
 
 
-class FakeSlackApi:
+class FakeSlackApi(BackgroundServer):
     """Fake Slack Web API on ``127.0.0.1`` with a random port, recording calls, with injectable errors."""
 
     def __init__(self, *, token: str = "xoxb-test-token") -> None:
@@ -163,14 +162,6 @@ class FakeSlackApi:
     def stop(self) -> None:
         """Stop the server and wait for its thread."""
         self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- handlers
     async def _record(self, request: Request, method: str) -> tuple[SlackCall, _Fault | None]:

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
 from starlette.applications import Starlette
@@ -31,7 +30,7 @@ from starlette.routing import Route
 
 from tests.fakes import upstream_anthropic as ant
 from tests.fakes import upstream_openai as oai
-from tests.fakes.loopback import CYCLE_KEY, CaptureCycle, ScriptedResponse, ThreadedServer
+from tests.fakes.loopback import CYCLE_KEY, BackgroundServer, CaptureCycle, ScriptedResponse, ThreadedServer
 
 __all__ = [
     "DEFAULT_ANTHROPIC_MODELS",
@@ -76,7 +75,7 @@ class _Fault:
     delay: float
 
 
-class FakeUpstream:
+class FakeUpstream(BackgroundServer):
     """Fake OpenAI + Anthropic upstream on ``127.0.0.1`` with a random port and fault injection.
 
     Args:
@@ -212,22 +211,6 @@ class FakeUpstream:
         """Stop the server and wait for its thread (pending slow answers are cut short)."""
         self._stopping.set()
         self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
     # ----------------------------------------------------------------- request plumbing
     async def _sleep(self, request: Request, seconds: float) -> None:
