@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from bot.core.config import AppConfig
 from bot.core.gateway import Gateway
@@ -27,18 +28,8 @@ async def open_core(config: AppConfig | None = None, *, with_ledger: bool = True
     return Gateway(config, ledger=ledger)
 
 
-class build_core:
-    """Async context manager around ``open_core`` that always closes what it opened."""
-
-    def __init__(self, config: AppConfig | None = None, *, with_ledger: bool = True) -> None:
-        self._config = config
-        self._with_ledger = with_ledger
-        self._core: Gateway | None = None
-
-    async def __aenter__(self) -> Gateway:
-        self._core = await open_core(self._config, with_ledger=self._with_ledger)
-        return self._core
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._core is not None:
-            await self._core.close()
+@contextlib.asynccontextmanager
+async def build_core(config: AppConfig | None = None, *, with_ledger: bool = True) -> AsyncIterator[Gateway]:
+    """``open_core`` as ``async with``: the gateway (and its ledger) is closed on the way out."""
+    async with await open_core(config, with_ledger=with_ledger) as core:
+        yield core
