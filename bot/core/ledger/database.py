@@ -17,6 +17,8 @@ event loop (measured in docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,11 +80,31 @@ def configure_sqlite(dbapi_connection: Any) -> None:
     cursor = dbapi_connection.cursor()
     # busy_timeout first: switching to WAL needs a lock another process may hold.
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(cursor)
     # FULL: a committed charge survives power loss too; the ledger is money.
     cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL (persistent, so only its first opener really does it).
+
+    SQLite does not call the busy handler for this switch: when several processes open a new
+    file at once, all but one get "database is locked" at once, whatever ``busy_timeout`` says.
+    So: skip it when another opener already did, else retry briefly.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _install_sqlite_events(engine: AsyncEngine) -> None:
