@@ -36,7 +36,8 @@ USER bot
 WORKDIR /data
 VOLUME /data
 EXPOSE 8080
-# Liveness only: /readyz also checks the providers, and a provider outage must not restart us.
+# Liveness only: /readyz also fails while draining or while the database is down, and neither
+# must restart us.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BOT_PORT', '8080'), timeout=4)"]
 # Exec form: `bot` is PID 1 and receives SIGTERM itself, so `docker stop` drains calls in flight

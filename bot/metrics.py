@@ -4,7 +4,8 @@
 (ok, refused, error, cancelled) by model, provider, surface and outcome, with its tokens, cost and
 latency. Budget gauges are refreshed from ``ledger.status_all()`` when ``/metrics`` is scraped,
 so they are never stale and cost nothing between scrapes. ``alert_delivered`` is for whatever
-delivers budget alerts (the scheduler) to report each attempt.
+delivers budget alerts (the scheduler) to report each attempt; ``provider_checked`` for the
+background provider check (``bot/readiness.py``) to report each result.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class Metrics:
         self.alerts = Counter(
             "budget_alert_deliveries", "Budget alert delivery attempts.", ("kind", "outcome"), registry=r
         )
+        self.provider_up = Gauge(
+            "llm_provider_up",
+            "1 when the provider's last reachability check succeeded, else 0 (absent before the first).",
+            ("provider",),
+            registry=r,
+        )
         self.budget_fraction = Gauge(
             "budget_fraction_used",
             "Spent plus reserved over the limit, per budget and scope key, in the current period.",
@@ -117,6 +124,10 @@ class Metrics:
     def alert_delivered(self, kind: str, ok: bool) -> None:
         """Count one alert delivery attempt (``kind`` e.g. ``threshold``, ``report``)."""
         self.alerts.labels(kind=kind, outcome="ok" if ok else "failed").inc()
+
+    def provider_checked(self, provider: str, up: bool) -> None:
+        """Record the result of one reachability check of ``provider`` (its configured name)."""
+        self.provider_up.labels(provider=provider).set(1 if up else 0)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request; ``route`` must come from a fixed set (it is a label)."""

@@ -1,7 +1,8 @@
 """``bot serve``: one process, one port, every face, built from one composition root.
 
 Routes: ``/slack/events`` (when ``SLACK_BOT_TOKEN`` and ``SLACK_SIGNING_SECRET`` are set), ``/mcp``
-(when ``mcp.clients`` has tokens), ``/healthz``, ``/readyz`` and ``/metrics``. Shutdown on SIGTERM
+(when ``mcp.clients`` has tokens), ``/healthz``, ``/readyz`` (``bot/readiness.py``, which also warms
+and watches the providers in the background) and ``/metrics``. Shutdown on SIGTERM
 or SIGINT drains: readiness and new requests answer 503 at once, calls in flight (HTTP requests
 and Slack generations running after their ack) get up to the grace period to finish and settle
 in the ledger, then services stop and the gateway closes. A second signal exits at once.
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-import sqlalchemy as sa
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +35,7 @@ from bot.core.errors import BotError
 from bot.core.gateway import Gateway
 from bot.logging_setup import CallLogger, configure_logging, request_id_var, secret_values
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.readiness import Readiness
 from bot.settings import (
     ServerSettings,
     apply_data_dir,
@@ -48,10 +49,6 @@ __all__ = ["ServerState", "Service", "ServiceFactory", "build_app", "run"]
 
 log = logging.getLogger("bot.server")
 
-#: Seconds a provider reachability result is reused by ``/readyz`` (failures: ``_RETRY_FAILED``).
-PROVIDER_CHECK_TTL = 30.0
-_RETRY_FAILED = 5.0
-_CHECK_TIMEOUT = 5.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _ROUTES = ("/healthz", "/readyz", "/metrics", "/mcp", "/slack/events")
 _QUIET = ("/healthz", "/readyz", "/metrics")
@@ -73,10 +70,10 @@ ServiceFactory = Callable[[Gateway, AppConfig, Any], Service]
 
 @dataclass
 class ServerState:
-    """What the routes and the drain share: draining flag, work in flight, readiness cache."""
+    """What the routes and the drain share: readiness, draining flag, work in flight."""
 
-    gateway: Gateway
     metrics: Metrics
+    readiness: Readiness
     grace: float = 30.0
     draining: bool = False
     in_flight: int = 0
@@ -85,46 +82,6 @@ class ServerState:
     announce: str = ""
     t0: float = field(default_factory=time.monotonic)
     idle_waiters: list[Callable[[], Any]] = field(default_factory=list)
-    _providers: dict[str, tuple[float, str]] = field(default_factory=dict)
-    _check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def readiness(self) -> dict[str, str]:
-        """``{check: "ok" | reason}`` for the database and every provider with a key."""
-        checks = {"database": await self._database()}
-        async with self._check_lock:  # one probe at a time, however many scrapers ask
-            for provider in self.gateway.sessions.router.providers.values():
-                if provider.has_key:
-                    checks[f"provider:{provider.provider_name}"] = await self._provider(provider)
-        if self.draining:
-            checks["server"] = "shutting down"
-        return checks
-
-    async def _database(self) -> str:
-        ledger = self.gateway.ledger
-        if ledger is None:
-            return "ok"
-        try:
-            async with asyncio.timeout(_CHECK_TIMEOUT):
-                # The ledger has no public ping; a read transaction on its own engine is the check.
-                async with ledger._db.read() as conn:
-                    await conn.execute(sa.text("SELECT 1"))
-        except Exception as exc:
-            return f"error: {type(exc).__name__}: {exc}"[:300]
-        return "ok"
-
-    async def _provider(self, provider: Any) -> str:
-        now = time.monotonic()
-        cached = self._providers.get(provider.provider_name)
-        if cached and cached[0] > now:
-            return cached[1]
-        try:
-            async with asyncio.timeout(_CHECK_TIMEOUT):
-                await provider.validate_connection()
-            result, ttl = "ok", PROVIDER_CHECK_TTL
-        except Exception as exc:
-            result, ttl = f"unreachable: {exc}"[:300], _RETRY_FAILED
-        self._providers[provider.provider_name] = (now + ttl, result)
-        return result
 
     async def drain(self) -> None:
         """Stop taking work, then wait (up to ``grace``) for work in flight to finish."""
@@ -230,7 +187,7 @@ def build_app(
     metrics = Metrics(gateway.ledger)
     gateway.add_observer(metrics)
     gateway.add_observer(CallLogger())
-    state = ServerState(gateway, metrics, grace=grace)
+    state = ServerState(metrics, Readiness(gateway, metrics), grace=grace)
     routes: list[BaseRoute] = [
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
@@ -261,6 +218,10 @@ def build_app(
                 await service.start()
                 stack.push_async_callback(service.stop)  # stopped in reverse order
             state.started = True
+            # Loads the providers' SDKs and checks them in the background, so neither readiness
+            # nor the first call waits for that; stopped first on the way out.
+            state.readiness.providers.start()
+            stack.push_async_callback(state.readiness.providers.stop)
             if state.announce:
                 log.info(state.announce, extra={"startup_ms": round((time.monotonic() - state.t0) * 1000)})
             yield
@@ -303,11 +264,8 @@ async def _healthz(request: Request) -> Response:
 
 async def _readyz(request: Request) -> Response:
     state = _state(request)
-    checks = await state.readiness()
-    failing = {name: why for name, why in checks.items() if why != "ok"}
-    if failing or state.draining or not state.started:
-        return JSONResponse({"status": "not ready", "not_ready": failing, "checks": checks}, status_code=503)
-    return JSONResponse({"status": "ready", "checks": checks})
+    ready, body = await state.readiness.check(started=state.started, draining=state.draining)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def _metrics(request: Request) -> Response:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import uvicorn
 from starlette.responses import Response
@@ -45,13 +45,14 @@ def loopback_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve_in_loop(app: ASGIApp) -> AsyncIterator[str]:
-    """Run ``app`` (lifespan on) with uvicorn in the running loop on a free port; yields its base URL.
+async def serve_in_loop(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on") -> AsyncIterator[str]:
+    """Run ``app`` with uvicorn in the running loop on a free port; yields its base URL.
 
     For apps under test that share the test's loop (their database and clients are bound to it).
+    ``lifespan="off"`` serves requests without ever running the app's start-up.
     """
     sock = loopback_socket()
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

@@ -54,6 +54,7 @@ class AnthropicProvider(Provider):
     provider_type = "anthropic"
     key_env = "ANTHROPIC_API_KEY"
     base_url_env = "ANTHROPIC_BASE_URL"
+    sdk_modules: tuple[str, ...] = ("anthropic",)  # its resources are imported with the package
     _client: anthropic.AsyncAnthropic | None = None
 
     def __init__(self, *args: Any, cache: CacheConfig | None = None, **kwargs: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,6 +53,8 @@ class Provider(ABC):
     #: Environment variables the SDK reads for its key and base URL.
     key_env: str = ""
     base_url_env: str = ""
+    #: The SDK's modules a call needs, the package first (``warm_up`` imports them ahead of time).
+    sdk_modules: tuple[str, ...] = ()
     #: The SDK client, built lazily by ``_sdk()`` (subclasses narrow the type).
     _client: Any = None
 
@@ -176,6 +179,20 @@ class Provider(ABC):
     @abstractmethod
     def _sdk(self) -> Any:
         """The official SDK's async client, built on first use (both SDKs share this surface)."""
+
+    def warm_up(self) -> None:
+        """Import the official SDK (and the parts of it a call uses) ahead of the first call.
+
+        The SDKs are imported lazily so that an unused provider costs nothing, but the import is
+        slow (``anthropic`` ~1.2 s, ``openai`` ~0.5 s) and would otherwise stall the first call.
+        This blocks while importing, so run it off the event loop, e.g.
+        ``await asyncio.to_thread(provider.warm_up)``: a call that starts meanwhile waits on
+        Python's import lock instead of importing twice. Calling it again costs nothing. Raises
+        what the import raises (``ImportError`` when the SDK is not installed). It builds no client
+        and opens no connection.
+        """
+        for module in self.sdk_modules:
+            importlib.import_module(module)
 
     async def validate_connection(self) -> bool:
         """List models upstream; True when the key and base URL work. Sets ``is_connected``."""

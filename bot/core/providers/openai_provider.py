@@ -39,6 +39,8 @@ class OpenAIProvider(Provider):
     provider_type = "openai"
     key_env = "OPENAI_API_KEY"
     base_url_env = "OPENAI_BASE_URL"
+    # The client imports its chat and models resources on first use, so warm_up loads them too.
+    sdk_modules: tuple[str, ...] = ("openai", "openai.resources.chat.chat", "openai.resources.models")
     _client: openai.AsyncOpenAI | None = None
 
     def _sdk(self) -> openai.AsyncOpenAI:
