@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from bot.core.errors import BotError, ProviderError
 from bot.core.monitoring import CostTracker, TokenMonitor
+from bot.core.pending import PendingWrites
 from bot.core.providers import Provider, ProviderReply
 from bot.core.tokens import conservative_text_tokens
 from bot.core.types import CallRecord, Message, Principal, Usage
@@ -98,11 +99,13 @@ class Accountant:
         tokens: TokenMonitor,
         ledger: LedgerPort | None,
         observers: Sequence[CallObserver],
+        pending: PendingWrites,
     ) -> None:
         self.costs = costs
         self.tokens = tokens
         self._ledger = ledger
         self._observers = observers
+        self._pending = pending
 
     async def reserve(self, ctx: CallContext, *, claim_request_id: bool = False) -> Any:
         """Hold the worst case on the session budget and the ledger; refusals are recorded at $0.
@@ -206,11 +209,16 @@ class Accountant:
             return replace(usage, output_tokens=max(output, usage.output_tokens), reasoning_tokens=0), True
         return Usage(input_tokens=ctx.input_tokens, output_tokens=output), True
 
-    async def settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
-        """Charge the real cost in place of the hold, write the record, tell the observers."""
+    def settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
+        """Charge the real cost in place of the hold; write the record and tell the observers.
+
+        The session's own figures change at once; the ledger write and the observers run in a
+        task of ``pending`` that the answer does not wait for (see ``bot.core.pending``), which a
+        caller hanging up cannot interrupt either.
+        """
         self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
         self.tokens.record(ctx.model, record.usage)
-        await self._commit(record, hold, settle=True)
+        self._pending.start(self._commit(record, hold, settle=True))
 
     async def charge_failure(
         self,

@@ -143,6 +143,12 @@ class DatabaseConfig(_Strict):
     url: str = "sqlite+aiosqlite:///data/bot.db"
     timezone: str = "UTC"
     reservation_ttl_seconds: int = Field(default=600, gt=0)
+    #: SQLite only. "normal": a commit is in the WAL file when it returns, so it survives the
+    #: process dying at once; a background fsync of the WAL puts it on disk within
+    #: ``sqlite_sync_interval_ms``, the most a power loss or kernel crash can take. "full": every
+    #: commit waits for its fsync (0.3-1 ms more per write on a VM disk, two writes per call).
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
+    sqlite_sync_interval_ms: int = Field(default=100, gt=0, le=60_000)
 
     @field_validator("timezone")
     @classmethod
@@ -289,6 +295,7 @@ class AppConfig(_Strict):
             "BOT_SESSION_BUDGET_USD": ("session", "budget_usd"),
             "BOT_DATABASE_URL": ("database", "url"),
             "BOT_TIMEZONE": ("database", "timezone"),
+            "BOT_SQLITE_SYNCHRONOUS": ("database", "sqlite_synchronous"),
             "BOT_LOG_LEVEL": ("logging", "level"),
         }
         for var, (section, key) in overrides.items():

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from bot.core.config import AppConfig
+from bot.core.pending import PendingWrites
 from bot.core.pricing import Pricer
 from bot.core.providers import Provider, ProviderRouter
 from bot.core.session import Addon, CallObserver, LedgerPort, LLMSession
@@ -35,6 +36,8 @@ class SessionFactory:
         self._addons = list(addons)
         #: Told about every call of every session (metrics, immediate alert delivery).
         self.observers: list[CallObserver] = list(observers)
+        self.pending = PendingWrites()
+        """Ledger writes of every session still finishing after their answer (``flush`` waits)."""
 
     def create(
         self,
@@ -57,6 +60,7 @@ class SessionFactory:
             dry_run=dry_run,
             addons=self._addons,
             observers=self.observers,
+            pending=self.pending,
         )
 
     def provider(self, name: str) -> Provider:
@@ -80,7 +84,8 @@ class SessionFactory:
         return out
 
     async def close(self) -> None:
-        """Close every provider client."""
+        """Finish the ledger writes in flight, then close every provider client."""
+        await self.pending.flush()
         await self.router.close()
 
     async def __aenter__(self) -> Self:

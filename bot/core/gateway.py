@@ -81,6 +81,7 @@ class Gateway:
         """Every budget that applies to ``principal``, as JSON-friendly dicts (money as strings)."""
         if self.ledger is None:
             return []
+        await self.sessions.pending.flush()  # the charges of calls that have answered count
         return [s.to_dict() for s in await self.ledger.status(principal)]
 
     async def tightest_budget(self, principal: Principal) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from bot.core.accounting import Accountant, CallContext, CallObserver, LedgerPor
 from bot.core.config import SessionDefaults
 from bot.core.errors import AddonError, BotError, ProviderError, TokenLimitError, ValidationError
 from bot.core.monitoring import AlertCallback, AlertManager, CostTracker, TokenMonitor
+from bot.core.pending import PendingWrites
 from bot.core.providers import ChatRequest, OnText, Provider, ProviderRouter
 from bot.core.types import CallRecord, ChatResult, Message, Principal, Usage, new_request_id
 
@@ -56,7 +57,10 @@ class LLMSession:
         dry_run: bool = False,
         addons: Sequence[Addon] = (),
         observers: Sequence[CallObserver] = (),
+        pending: PendingWrites | None = None,
     ) -> None:
+        """``pending``: where ledger writes finishing after their answer are tracked; a session
+        given none tracks its own and waits for them when it ends."""
         self.defaults = defaults or SessionDefaults()
         self.principal = principal or Principal.cli()
         self.session_id = new_request_id()
@@ -65,7 +69,9 @@ class LLMSession:
         self._addons = list(addons)
         self.costs = CostTracker(self.defaults.budget_usd if budget_usd is None else budget_usd)
         self.tokens = TokenMonitor()
-        self._accounts = Accountant(self.costs, self.tokens, ledger, list(observers))
+        self._own_pending = pending is None
+        self.pending = PendingWrites() if pending is None else pending
+        self._accounts = Accountant(self.costs, self.tokens, ledger, list(observers), self.pending)
         self.alerts = AlertManager(list(self.defaults.alert_thresholds))
         self._calls: list[ChatResult] = []
         self._started: float | None = None
@@ -82,6 +88,8 @@ class LLMSession:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._ended = time.monotonic()
+        if self._own_pending:
+            await self.pending.flush()
 
     @property
     def is_active(self) -> bool:
@@ -263,9 +271,8 @@ class LLMSession:
         record = CallRecord(
             ctx.request_id, self.principal, ctx.provider, ctx.model, "ok", usage, cost, latency, estimated
         )
-        # Shielded: the provider has billed this call, so a caller hanging up now must not stop
-        # the charge and its ledger row from being written.
-        await asyncio.shield(self._accounts.settle(hold, ctx, record))
+        # The provider has billed this call: the write runs on even if the caller hangs up now.
+        self._accounts.settle(hold, ctx, record)
         result = ChatResult(
             reply.text, ctx.model, ctx.provider, usage, cost, latency, ctx.request_id, reply.finish_reason,
             cost_estimated=estimated,

@@ -42,6 +42,38 @@ def test_cost_equals_genai_prices(model: str, provider: str, usage: Usage) -> No
     assert Pricer().cost(model, provider, provider, usage) == reference(model, provider, usage)
 
 
+def _snapshot_models(provider_id: str) -> list[str]:
+    from genai_prices import data_snapshot
+
+    return next(
+        [m.id for m in p.models] for p in data_snapshot.get_snapshot().providers if p.id == provider_id
+    )
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_fast_path_agrees_with_calc_price_on_every_model(provider: str) -> None:
+    """``Pricer.cost`` skips calc_price for flat-priced models: the sums must be the same, to the digit."""
+    usages = [
+        Usage(0, 0),
+        Usage(1, 1),
+        Usage(12_345, 678),
+        Usage(12_345, 678, cache_read_tokens=10_000),
+        Usage(12_345, 678, cache_write_tokens=2_345),
+        Usage(9_999, 7, cache_read_tokens=4_000, cache_write_tokens=5_999),
+        Usage(180_000, 31_999, cache_read_tokens=1, reasoning_tokens=31_000),
+    ]
+    pricer, compared = Pricer(), 0
+    for model in _snapshot_models(provider):
+        for usage in usages:
+            try:
+                expected = reference(model, provider, usage)
+            except (LookupError, ValueError):
+                continue  # not priced per token (images, audio-only…), or usage it does not take
+            assert pricer.cost(model, provider, provider, usage) == expected, (model, usage)
+            compared += 1
+    assert compared > 50  # the snapshot's chat models were really compared
+
+
 def test_cached_tokens_are_cheaper_and_reasoning_is_output() -> None:
     pricer = Pricer()
     plain = pricer.cost("gpt-4o", "openai", "openai", Usage(1000, 0))

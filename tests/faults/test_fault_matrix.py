@@ -58,16 +58,23 @@ class Harness:
     streamed: list[str]
 
     async def call(self, provider: str, *, stream: bool) -> ChatResult:
-        """One call of ``provider``'s test model for Alice (streamed when ``stream``)."""
+        """One call of ``provider``'s test model for Alice (streamed when ``stream``).
+
+        Returns once the call's ledger write has finished too (it runs after the answer), so
+        that ``rows`` can read the file directly.
+        """
         on_text: Callable[[str], Awaitable[None]] | None = None
         if stream:
 
             async def on_text(text: str) -> None:
                 self.streamed.append(text)
 
-        return await self.gateway.generate(
-            ALICE, "Tell me about faults", model=MODELS[provider], max_tokens=40, on_text=on_text
-        )
+        try:
+            return await self.gateway.generate(
+                ALICE, "Tell me about faults", model=MODELS[provider], max_tokens=40, on_text=on_text
+            )
+        finally:
+            await self.gateway.sessions.pending.flush()
 
     def attempts(self, provider: str) -> int:
         """Requests the fake received on ``provider``'s chat path."""

@@ -170,6 +170,7 @@ async def test_a_crossing_call_pushes_its_alert_at_once(make_env: MakeEnv, fake_
     env = await make_env([budget("tiny", str(cost * 3), alert_thresholds=[0.01])])
     await env.runner.start()
     await env.gateway.generate(Principal.cli(), "x", model="gpt-4o-mini", max_tokens=20)
+    await env.gateway.sessions.pending.flush()  # the settle (and its observers) runs after the answer
     await env.runner.observer.wait_idle()
     (body,) = env.posted(ALERTS)
     assert "1% of its daily limit" in body["text"]

@@ -1,6 +1,7 @@
 """One async SQLAlchemy engine over SQLite or PostgreSQL, and the transactions the ledger runs on it.
 
-SQLite (aiosqlite): WAL so readers never block the writer; ``busy_timeout`` so a second process
+SQLite (aiosqlite): WAL so readers never block the writer; ``synchronous = NORMAL`` with a
+checkpoint soon after every write (``wal_sync``), or ``FULL`` if configured; ``busy_timeout`` so a second process
 waits for the write lock instead of failing; every write transaction starts with
 ``BEGIN IMMEDIATE`` (SQLAlchemy's documented recipe: the driver's own BEGIN is switched off with
 ``isolation_level = None`` and the ``begin`` event emits ours), so the check-and-reserve of one
@@ -33,10 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from bot.core.config import DatabaseConfig
 from bot.core.errors import ConfigurationError
+from bot.core.ledger.wal_sync import WalSyncer
 
-__all__ = ["Backend", "Database", "configure_sqlite", "normalise_url"]
+__all__ = ["Backend", "Database", "SqliteSetup", "configure_sqlite", "normalise_url"]
 
 Backend = Literal["sqlite", "postgresql"]
+Synchronous = Literal["normal", "full"]
 
 #: How long a SQLite writer waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -73,7 +76,7 @@ def normalise_url(raw: str) -> tuple[URL, Backend]:
     )
 
 
-def configure_sqlite(dbapi_connection: Any) -> None:
+def configure_sqlite(dbapi_connection: Any, synchronous: Synchronous = "full") -> None:
     """Set up a new SQLite connection (SQLAlchemy's, or the hot path's plain ``sqlite3`` one)."""
     # Stop the driver from issuing its own (deferred) BEGIN; _on_begin issues ours.
     dbapi_connection.isolation_level = None
@@ -81,8 +84,8 @@ def configure_sqlite(dbapi_connection: Any) -> None:
     # busy_timeout first: switching to WAL needs a lock another process may hold.
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     _enable_wal(cursor)
-    # FULL: a committed charge survives power loss too; the ledger is money.
-    cursor.execute("PRAGMA synchronous = FULL")
+    # FULL: each commit waits for the disk; NORMAL: a WalSyncer checkpoints soon after (wal_sync).
+    cursor.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
@@ -107,10 +110,26 @@ def _enable_wal(cursor: Any) -> None:
             time.sleep(0.01)
 
 
-def _install_sqlite_events(engine: AsyncEngine) -> None:
+class SqliteSetup:
+    """How this ledger's SQLite connections are set up, and what keeps NORMAL's commits durable."""
+
+    def __init__(self, path: str | None, synchronous: Synchronous, sync_interval: float) -> None:
+        """``path`` is None when the URL has options a plain connection would not share."""
+        self.synchronous: Synchronous = synchronous
+        self.syncer = (
+            WalSyncer(path, self.configure, sync_interval) if path and synchronous == "normal" else None
+        )
+        """Checkpoints after writes under ``NORMAL`` (None under ``FULL``: commits sync themselves)."""
+
+    def configure(self, dbapi_connection: Any) -> None:
+        """``configure_sqlite`` with this ledger's ``synchronous``."""
+        configure_sqlite(dbapi_connection, self.synchronous)
+
+
+def _install_sqlite_events(engine: AsyncEngine, setup: SqliteSetup) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        configure_sqlite(dbapi_connection)
+        setup.configure(dbapi_connection)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -121,11 +140,19 @@ def _install_sqlite_events(engine: AsyncEngine) -> None:
 class Database:
     """The engine plus the two kinds of transaction the ledger needs: write and read."""
 
-    def __init__(self, engine: AsyncEngine, backend: Backend, sqlite_path: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        backend: Backend,
+        sqlite_path: str | None = None,
+        sqlite_setup: SqliteSetup | None = None,
+    ) -> None:
         self.engine = engine
         self.backend: Backend = backend
         self.sqlite_path = sqlite_path
         """The SQLite file when a plain connection to it is equivalent to the engine's (else None)."""
+        self.sqlite_setup = sqlite_setup
+        """SQLite: the connections' pragmas and the checkpointer (None on PostgreSQL)."""
         # SQLite has one writer at a time anyway: queue here rather than in its polling busy handler.
         self.write_gate = asyncio.Lock() if backend == "sqlite" else asyncio.Semaphore(PG_CONCURRENT_WRITES)
         """Held around every write transaction of this process (also the SQLite hot path's)."""
@@ -138,9 +165,11 @@ class Database:
             assert url.database is not None
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(url, pool_size=5, max_overflow=10)
-            _install_sqlite_events(engine)
             # URL options (uri, mode…) would make a plain connection differ: no hot path then.
-            return cls(engine, backend, None if url.query else url.database)
+            path = None if url.query else url.database
+            setup = SqliteSetup(path, config.sqlite_synchronous, config.sqlite_sync_interval_ms / 1000)
+            _install_sqlite_events(engine, setup)
+            return cls(engine, backend, path, setup)
         else:
             # Enough connections that contention is on rows, not on the pool.
             engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=60)
@@ -156,6 +185,12 @@ class Database:
         """A write transaction: committed on normal exit, rolled back on an exception."""
         async with self.write_gate, self.engine.begin() as conn:
             yield conn
+        self.note_write()
+
+    def note_write(self) -> None:
+        """A write transaction committed (under ``NORMAL``, a checkpoint will follow shortly)."""
+        if self.sqlite_setup is not None and self.sqlite_setup.syncer is not None:
+            self.sqlite_setup.syncer.note_write()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -186,5 +221,7 @@ class Database:
         return sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Sync what is not yet on disk, then close every pooled connection."""
+        if self.sqlite_setup is not None and self.sqlite_setup.syncer is not None:
+            await self.sqlite_setup.syncer.close()
         await self.engine.dispose()

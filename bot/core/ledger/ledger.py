@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
 from bot.core.ledger import alerts, queries, sqlite_fast, store
-from bot.core.ledger.database import Database, configure_sqlite
+from bot.core.ledger.database import Database
 from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
 from bot.core.ledger.outbox import Outbox
@@ -51,6 +51,13 @@ _SWEEP_BATCH = 500
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _same_request(hold: Hold, record: CallRecord | None) -> None:
+    if record is not None and record.request_id != hold.request_id:
+        raise ValueError(
+            f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
+        )
 
 
 class Ledger:
@@ -72,10 +79,10 @@ class Ledger:
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
         self._period_ids: dict[store.PeriodKey, int] = {}
-        # SQLite: reserve and settle run as one hop to a dedicated connection's thread (sqlite_fast).
+        # SQLite: reserve and settle each run as one plain sqlite3 function call (sqlite_fast).
         self._fast = (
-            sqlite_fast.FastSqlite(db.sqlite_path, configure_sqlite, db.engine.dialect)
-            if db.sqlite_path
+            sqlite_fast.FastSqlite(db.sqlite_path, db.sqlite_setup, db.engine.dialect, db.note_write)
+            if db.sqlite_path and db.sqlite_setup
             else None
         )
         self.outbox = Outbox(db, self._by_name, self._tz, self._now)
@@ -264,10 +271,7 @@ class Ledger:
         return await self._finish(hold, record)
 
     async def _finish(self, hold: Hold, record: CallRecord | None) -> list[Alert]:
-        if record is not None and record.request_id != hold.request_id:
-            raise ValueError(
-                f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
-            )
+        _same_request(hold, record)
         now = self._now()
         if self._fast is not None:
             # The same statements as below, in one hop (see sqlite_fast.settle_tx).

@@ -61,8 +61,17 @@ def period_bounds(period: Period, now: datetime, tz: ZoneInfo) -> tuple[datetime
         raise ValueError("now must be timezone-aware (UTC)")
     if period == "total":
         return TOTAL_PERIOD_START, None
+    # Every call asks for the same few periods: reuse the bounds while ``now`` lies inside them.
+    cached = _recent_bounds.get((period, tz))
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached
     first = _first_day(period, now.astimezone(tz).date())
-    return _local_midnight(first, tz), _local_midnight(_next_first_day(period, first), tz)
+    bounds = _local_midnight(first, tz), _local_midnight(_next_first_day(period, first), tz)
+    _recent_bounds[(period, tz)] = bounds
+    return bounds
+
+
+_recent_bounds: dict[tuple[str, ZoneInfo], tuple[datetime, datetime]] = {}
 
 
 def call_scope_keys(principal: Principal, *, model: str | None, provider: str | None) -> dict[str, str]:

@@ -1,0 +1,138 @@
+"""SQLite under ``synchronous = normal`` (the default) and ``full``: where transactions run, and the
+WAL sync that bounds what a power loss could take (``bot.core.ledger.wal_sync``)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from bot.core.config import DatabaseConfig
+from bot.core.ledger import Ledger
+from bot.core.ledger.wal_sync import CHECKPOINT_EVERY_WRITES, WalSyncer
+
+from .conftest import ALICE, budget, record
+
+
+async def open_sqlite(
+    path: Path, synchronous: Literal["normal", "full"] = "normal", interval_ms: int = 20
+) -> Ledger:
+    config = DatabaseConfig(
+        url=f"sqlite+aiosqlite:///{path}",
+        sqlite_synchronous=synchronous,
+        sqlite_sync_interval_ms=interval_ms,
+    )
+    return await Ledger.open(config, [budget("global", "100")])
+
+
+def syncer_of(ledger: Ledger) -> WalSyncer:
+    setup = ledger._db.sqlite_setup
+    assert setup is not None and setup.syncer is not None
+    return setup.syncer
+
+
+async def one_call(ledger: Ledger, rid: str, cost: str = "0.01") -> None:
+    hold = await ledger.reserve(ALICE, Decimal("0.05"), request_id=rid, model="gpt-test", provider="openai")
+    await ledger.settle(hold, record(hold, cost))
+
+
+async def test_normal_is_the_default_and_commits_are_synced_within_the_interval(tmp_path: Path) -> None:
+    assert DatabaseConfig().sqlite_synchronous == "normal"
+    ledger = await open_sqlite(tmp_path / "l.db", interval_ms=20)
+    try:
+        syncer = syncer_of(ledger)
+        await one_call(ledger, "r1")  # the first call of a period takes the SQLAlchemy path
+        await one_call(ledger, "r2")  # later ones the hot path, on the event loop
+        before = syncer.syncs
+        await asyncio.sleep(0.2)  # ten intervals: one sync covers both writes of the last call
+        assert syncer.syncs == before + 1
+        await asyncio.sleep(0.1)
+        assert syncer.syncs == before + 1  # no write, no sync
+    finally:
+        await ledger.close()
+    # Everything reached the file (another connection sees it) and the file is consistent.
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 2
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_close_syncs_what_the_interval_has_not_yet(tmp_path: Path) -> None:
+    ledger = await open_sqlite(tmp_path / "l.db", interval_ms=60_000)
+    syncer = syncer_of(ledger)
+    await one_call(ledger, "r1")
+    await one_call(ledger, "r2")
+    assert syncer.syncs == 0  # the interval is a minute away
+    await ledger.close()
+    assert syncer.syncs == 1
+
+
+async def test_the_wal_is_checkpointed_every_so_many_writes(tmp_path: Path) -> None:
+    ledger = await open_sqlite(tmp_path / "l.db", interval_ms=1)
+    try:
+        syncer = syncer_of(ledger)
+        for i in range(CHECKPOINT_EVERY_WRITES // 2 + 5):  # two writes per call
+            await one_call(ledger, f"r{i}")
+        await asyncio.sleep(0.05)
+        assert syncer.checkpoints >= 1
+    finally:
+        await ledger.close()
+
+
+async def test_another_process_writing_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """The hot path runs on the loop with busy_timeout 0; a held write lock sends it to the thread."""
+    path = tmp_path / "l.db"
+    ledger = await open_sqlite(path)
+    try:
+        await one_call(ledger, "warm")  # the budget row exists: later calls take the hot path
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        call = asyncio.create_task(one_call(ledger, "blocked"))
+        await asyncio.sleep(0.3)
+        assert not call.done()  # waiting for the lock, in the thread…
+        assert ticks >= 10  # …while the loop kept running
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(call, 10)
+        beat.cancel()
+        (row,) = [s for s in await ledger.status_all() if s.name == "global"]
+        assert row.spent == Decimal("0.02") and row.reserved == 0
+    finally:
+        await ledger.close()
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_the_connections_use_the_configured_mode(
+    tmp_path: Path, synchronous: Literal["normal", "full"]
+) -> None:
+    ledger = await open_sqlite(tmp_path / "l.db", synchronous)
+    try:
+        await one_call(ledger, "r1")
+        await one_call(ledger, "r2")
+        fast = ledger._fast
+        assert fast is not None and fast.on_loop == (synchronous == "normal")
+        if synchronous == "normal":  # the hot path ran on the loop's own connection
+            conn = fast._loop_conn
+            assert conn is not None and fast._conn is None
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        else:  # in the database thread, each commit waiting for its fsync
+            assert fast._loop_conn is None and fast._conn is not None
+        assert (ledger._db.sqlite_setup and ledger._db.sqlite_setup.syncer is not None) == (
+            synchronous == "normal"
+        )
+        assert (await ledger.totals()).calls == 2
+    finally:
+        await ledger.close()
