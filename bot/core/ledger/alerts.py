@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,6 +58,12 @@ def row_to_alert(row: Any) -> Alert:
     )
 
 
+@lru_cache(maxsize=64)
+def _exact(threshold: float) -> Decimal:
+    """The threshold as written: Decimal(str(0.8)) is 0.8, the float itself is not."""
+    return Decimal(str(threshold))
+
+
 def alert_values(
     rows: Sequence[Any], budgets: Mapping[str, BudgetConfig], created_at: Any
 ) -> list[dict[str, Any]]:
@@ -73,8 +80,7 @@ def alert_values(
         if budget is None or limit <= 0:
             continue  # a budget removed from config keeps its rows but sends no more alerts
         for threshold in budget.alert_thresholds:
-            # Exact comparison: Decimal(str(0.8)) is 0.8, the float itself is not.
-            if spent >= Decimal(str(threshold)) * limit:
+            if spent >= _exact(threshold) * limit:
                 values.append(
                     {
                         "budget": row.budget,
