@@ -8,8 +8,9 @@ SQLite ledger and two budgets (token count, worst-case price, reserve, call, pri
 Figures (each a difference, ratio or percentile measured side by side):
 
 * concurrency 1, paired and interleaved: added latency p50 / p99 (ours minus direct, per
-  percentile and as percentiles of the paired differences);
-* concurrency 50: our throughput / direct throughput;
+  percentile and as percentiles of the paired differences), until the answer; the ledger write
+  that follows our answer (``bot.core.pending``) is let finish, untimed, before the next call;
+* concurrency 50: our throughput / direct throughput (our ledger writes included);
 * streaming: time to first token through the core minus direct (p50).
 
 The whole measurement runs ``--repeat`` times and each figure's median is reported.
@@ -140,6 +141,14 @@ class Bench:
         await self.gateway.generate(USER, PROMPT, model=MODEL, max_tokens=MAX_TOKENS, on_text=on_text)
         return first[0] - start
 
+    async def settled(self) -> None:
+        """Wait for our ledger writes still in flight (they run after each answer).
+
+        Called between timed calls, untimed: otherwise the write that follows one of our answers
+        would run inside the next timed call, on either side. Throughput runs include it.
+        """
+        await self.gateway.sessions.pending.flush()
+
     async def close(self) -> None:
         """Close the SDK client (the gateway is closed by its owner)."""
         await self.client.close()
@@ -152,8 +161,8 @@ async def timed(call: Call) -> float:
     return time.perf_counter() - start
 
 
-async def throughput(call: Call, total: int, concurrency: int) -> float:
-    """Calls per second for ``total`` calls with ``concurrency`` in flight."""
+async def throughput(call: Call, total: int, concurrency: int, *, then: Call | None = None) -> float:
+    """Calls per second for ``total`` calls with ``concurrency`` in flight, ``then`` included."""
     left = total
 
     async def worker() -> None:
@@ -164,25 +173,25 @@ async def throughput(call: Call, total: int, concurrency: int) -> float:
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if then is not None:
+        await then()  # our ledger writes still in flight are part of our work
     return total / (time.perf_counter() - start)
 
 
-async def measure(bench: Bench, args: argparse.Namespace) -> dict[str, float]:
-    """One full measurement: every figure, direct and core side by side."""
+async def measure_latency(bench: Bench, args: argparse.Namespace) -> dict[str, float]:
+    """The concurrency-1 figures (added latency, time to first token), side by side."""
     direct: list[float] = []
     core: list[float] = []
     for i in range(args.requests):  # interleaved, alternating who goes first
         pair = (bench.direct, bench.core) if i % 2 == 0 else (bench.core, bench.direct)
-        first, second = await timed(pair[0]), await timed(pair[1])
+        first = await timed(pair[0])
+        await bench.settled()
+        second = await timed(pair[1])
+        await bench.settled()
         d, c = (first, second) if i % 2 == 0 else (second, first)
         direct.append(d * 1000)
         core.append(c * 1000)
     diffs = [c - d for c, d in zip(core, direct, strict=True)]
-    # Throughput: direct, core, core, direct, so neither side always runs on a warmer machine.
-    rates: dict[str, list[float]] = {"direct": [], "core": []}
-    for side in ("direct", "core", "core", "direct"):
-        call = bench.direct if side == "direct" else bench.core
-        rates[side].append(await throughput(call, args.throughput_requests, args.concurrency))
     ttft_direct: list[float] = []
     ttft_core: list[float] = []
     for i in range(args.stream_requests):
@@ -192,7 +201,7 @@ async def measure(bench: Bench, args: argparse.Namespace) -> dict[str, float]:
         else:
             ttft_core.append(await bench.core_ttft() * 1000)
             ttft_direct.append(await bench.direct_ttft() * 1000)
-    direct_rate, core_rate = statistics.mean(rates["direct"]), statistics.mean(rates["core"])
+        await bench.settled()
     return {
         "direct_p50_ms": percentile(direct, 0.5),
         "direct_p99_ms": percentile(direct, 0.99),
@@ -202,13 +211,23 @@ async def measure(bench: Bench, args: argparse.Namespace) -> dict[str, float]:
         "added_p99_ms": percentile(core, 0.99) - percentile(direct, 0.99),
         "paired_diff_p50_ms": percentile(diffs, 0.5),
         "paired_diff_p99_ms": percentile(diffs, 0.99),
-        "direct_rps": direct_rate,
-        "core_rps": core_rate,
-        "throughput_ratio": core_rate / direct_rate,
         "ttft_direct_p50_ms": percentile(ttft_direct, 0.5),
         "ttft_core_p50_ms": percentile(ttft_core, 0.5),
         "ttft_added_p50_ms": percentile(ttft_core, 0.5) - percentile(ttft_direct, 0.5),
     }
+
+
+async def measure_throughput(bench: Bench, args: argparse.Namespace) -> dict[str, float]:
+    """Throughput at ``--concurrency`` in flight: direct, core, core, direct (neither side always
+    runs on a warmer machine)."""
+    rates: dict[str, list[float]] = {"direct": [], "core": []}
+    for side in ("direct", "core", "core", "direct"):
+        call = bench.direct if side == "direct" else bench.core
+        rates[side].append(
+            await throughput(call, args.throughput_requests, args.concurrency, then=bench.settled)
+        )
+    direct_rate, core_rate = statistics.mean(rates["direct"]), statistics.mean(rates["core"])
+    return {"direct_rps": direct_rate, "core_rps": core_rate, "throughput_ratio": core_rate / direct_rate}
 
 
 def verdicts(figures: dict[str, float]) -> dict[str, bool]:
@@ -241,7 +260,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             BudgetConfig(name="global", scope="global", limit_usd=Decimal(10**6), period="monthly"),
             BudgetConfig(name="per-user", scope="user", limit_usd=Decimal(10**5), period="daily"),
         ]
-        ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp}/ledger.db"), budgets)
+        database = DatabaseConfig.model_validate(
+            {"url": f"sqlite+aiosqlite:///{tmp}/ledger.db", "sqlite_synchronous": args.synchronous}
+        )
+        ledger = await Ledger.open(database, budgets)
         config = AppConfig.from_dict({"budgets": [b.model_dump() for b in budgets]})
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.openai_base_url}
         async with Gateway(config, ledger=ledger, env=env) as gateway:
@@ -250,16 +272,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await bench.direct()
                 await bench.core()
             fake.latency = args.latency_ms / 1000
-            runs = []
-            for n in range(args.repeat):
-                runs.append(await measure(bench, args))
-                print(f"run {n + 1}/{args.repeat}: {json.dumps(runs[-1], default=round)}", file=sys.stderr)
+            # Every latency run before any throughput run: 50 calls in flight leave 50 pooled
+            # connections in each client, and httpcore checks every idle one on each request
+            # (~20 µs each), which would then weigh on whichever side kept more of them alive.
+            runs = [await measure_latency(bench, args) for _ in range(args.repeat)]
+            for n, run in enumerate(runs):
+                run.update(await measure_throughput(bench, args))
+                print(f"run {n + 1}/{args.repeat}: {json.dumps(run, default=round)}", file=sys.stderr)
             report: dict[str, Any] = {
                 "latency_ms": args.latency_ms,
                 "repeat": args.repeat,
                 "requests": args.requests,
                 "concurrency": args.concurrency,
                 "throughput_requests": args.throughput_requests,
+                "sqlite_synchronous": args.synchronous,
                 "stream_requests": args.stream_requests,
                 "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
                 "runs": runs,
@@ -281,7 +307,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="simulated upstream latency")
     parser.add_argument("--requests", type=int, default=200, help="paired calls at concurrency 1")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--throughput-requests", type=int, default=500, help="calls per throughput run")
+    parser.add_argument("--throughput-requests", type=int, default=1500, help="calls per throughput run")
+    parser.add_argument(
+        "--synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="the SQLite ledger's database.sqlite_synchronous (normal is the default)",
+    )
     parser.add_argument("--stream-requests", type=int, default=100, help="paired streamed calls")
     parser.add_argument("--repeat", type=int, default=3, help="full measurements; medians are reported")
     parser.add_argument("--profile", help="write a pyinstrument text profile of core calls here")

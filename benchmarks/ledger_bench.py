@@ -77,9 +77,10 @@ async def one_op(ledger: Ledger, i: int, prefix: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def run(backend: str, url: str, ops: int, concurrency: int) -> Result:
+async def run(backend: str, url: str, ops: int, concurrency: int, synchronous: str = "normal") -> Result:
     """Run ``ops`` operations, ``concurrency`` at a time, on a fresh ledger at ``url``."""
-    async with await Ledger.open(DatabaseConfig(url=url), BUDGETS) as ledger:
+    config = DatabaseConfig.model_validate({"url": url, "sqlite_synchronous": synchronous})
+    async with await Ledger.open(config, BUDGETS) as ledger:
         for i in range(20):  # warm up: period rows, pool, statement caches
             await one_op(ledger, i, "warm")
         gate = asyncio.Semaphore(concurrency)
@@ -142,6 +143,12 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="operations in flight at once")
     parser.add_argument("--repeat", type=int, default=3, help="runs per backend; the median run is shown")
     parser.add_argument(
+        "--synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="SQLite's database.sqlite_synchronous (normal: the default, see bot/core/ledger/wal_sync.py)",
+    )
+    parser.add_argument(
         "--pg-write-gate",
         type=int,
         default=database.PG_CONCURRENT_WRITES,
@@ -159,7 +166,13 @@ async def main() -> None:
     for _ in range(args.repeat):  # a fresh database per run, so every run starts equal
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(
-                await run("sqlite", f"sqlite+aiosqlite:///{tmp}/bench.db", args.ops, args.concurrency)
+                await run(
+                    "sqlite",
+                    f"sqlite+aiosqlite:///{tmp}/bench.db",
+                    args.ops,
+                    args.concurrency,
+                    args.synchronous,
+                )
             )
     results.append(median(runs))
     if args.postgres:
@@ -173,6 +186,7 @@ async def main() -> None:
             print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
     print(
         f"reserve+settle, {args.ops} ops, concurrency {args.concurrency}, 3 budget rows per op, "
+        f"SQLite synchronous={args.synchronous}, "
         f"median of {args.repeat} runs, PostgreSQL write gate {args.pg_write_gate}"
     )
     print_table(results)

@@ -97,6 +97,13 @@ def test_from_env_overrides(tmp_path: Path) -> None:
         AppConfig.from_env({"BOT_MAX_TOKENS": "many"})
 
 
+def test_sqlite_durability_defaults_to_normal_and_can_be_full() -> None:
+    assert AppConfig.from_env({}).database.sqlite_synchronous == "normal"
+    assert AppConfig.from_env({"BOT_SQLITE_SYNCHRONOUS": "full"}).database.sqlite_synchronous == "full"
+    with pytest.raises(ConfigurationError, match=r"database.sqlite_synchronous.*'normal' or 'full'"):
+        AppConfig.from_env({"BOT_SQLITE_SYNCHRONOUS": "fast"})
+
+
 def test_the_shipped_example_is_valid() -> None:
     config = AppConfig.from_file(EXAMPLE, env={})
     assert config.budgets and config.providers

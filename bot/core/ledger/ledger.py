@@ -274,7 +274,7 @@ class Ledger:
         _same_request(hold, record)
         now = self._now()
         if self._fast is not None:
-            # The same statements as below, in one hop (see sqlite_fast.settle_tx).
+            # The same statements as below, as one plain function (see sqlite_fast.settle_tx).
             ids = await self._fast.settle(self._db.write_gate, hold, record, self._by_name, now)
             return await alerts.alerts_by_id(self._db, ids)
         async with self._db.write() as conn:
