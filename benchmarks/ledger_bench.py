@@ -8,12 +8,16 @@ runs when a DSN is given with ``--postgres`` or ``BOT_BENCH_POSTGRES_DSN`` /
 
     .venv/bin/python benchmarks/ledger_bench.py --ops 1000 --concurrency 50 \\
         --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/test
+
+``--processes 2`` splits the operations over two OS processes on the same database, started
+together (``--concurrency`` is then per process); the checks run on the combined result.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -44,6 +48,8 @@ BUDGETS = [
     BudgetConfig(name="per-model", scope="model", limit_usd=Decimal(100_000), period="monthly"),
 ]
 USERS = [Principal(surface="slack", team_id="T1", user_id=f"u{i}") for i in range(10)]
+#: Operations each worker process runs before the common start.
+WORKER_WARM_OPS = 5
 
 
 @dataclass
@@ -98,6 +104,61 @@ async def run(backend: str, url: str, ops: int, concurrency: int, synchronous: s
         assert status["global"].spent == expected, (status["global"].spent, expected)
         assert all(s.reserved == 0 for s in status.values())
     return Result(backend, ops, concurrency, seconds, list(latencies))
+
+
+async def run_worker(
+    url: str, ops: int, concurrency: int, synchronous: str, prefix: str, start_at: float
+) -> None:
+    """One of several processes: warm up, wait for ``start_at`` (wall clock), run, print JSON."""
+    config = DatabaseConfig.model_validate({"url": url, "sqlite_synchronous": synchronous})
+    async with await Ledger.open(config, BUDGETS) as ledger:
+        for i in range(WORKER_WARM_OPS):
+            await one_op(ledger, i, f"{prefix}-warm")
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        gate = asyncio.Semaphore(concurrency)
+
+        async def guarded(i: int) -> float:
+            async with gate:
+                return await one_op(ledger, i, prefix)
+
+        started = time.time()
+        latencies = await asyncio.gather(*(guarded(i) for i in range(ops)))
+        ended = time.time()
+    print(json.dumps({"started": started, "ended": ended, "latencies": latencies}))
+
+
+async def run_processes(
+    backend: str, url: str, ops: int, concurrency: int, synchronous: str, processes: int
+) -> Result:
+    """``ops`` operations split over ``processes`` OS processes on one database, started together."""
+    config = DatabaseConfig.model_validate({"url": url, "sqlite_synchronous": synchronous})
+    async with await Ledger.open(config, BUDGETS) as ledger:  # migrations, before the workers race
+        await one_op(ledger, 0, "init")
+    start_at = time.time() + 4.0  # time for every worker to import, open and warm up
+    share = ops // processes
+    common = ["--ops", str(share), "--concurrency", str(concurrency), "--synchronous", synchronous]
+    workers = []
+    for k in range(processes):
+        argv = [__file__, "--worker", url, *common, "--prefix", f"p{k}", "--start-at", str(start_at)]
+        workers.append(
+            await asyncio.create_subprocess_exec(sys.executable, *argv, stdout=asyncio.subprocess.PIPE)
+        )
+    reports = []
+    for worker in workers:
+        out, _ = await worker.communicate()
+        if worker.returncode != 0:
+            raise RuntimeError(f"a worker process failed with exit code {worker.returncode}")
+        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+    if max(r["started"] for r in reports) > start_at + 0.5:
+        raise RuntimeError("a worker was still warming up at the common start; raise the delay")
+    seconds = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    async with await Ledger.open(config, BUDGETS) as ledger:
+        status = {s.name: s for s in await ledger.status_all()}
+        expected = COST * (1 + processes * (share + WORKER_WARM_OPS))
+        assert status["global"].spent == expected, (status["global"].spent, expected)
+        assert all(s.reserved == 0 for s in status.values())
+    latencies = [ms for r in reports for ms in r["latencies"]]
+    return Result(f"{backend} ×{processes} processes", share * processes, concurrency, seconds, latencies)
 
 
 @asynccontextmanager
@@ -159,33 +220,45 @@ async def main() -> None:
         default=os.environ.get("BOT_BENCH_POSTGRES_DSN") or os.environ.get("BOT_TEST_POSTGRES_DSN"),
         help="PostgreSQL DSN (a scratch database is created beside it); omitted: SQLite only",
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="OS processes sharing the database (the ops are split)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run as one of --processes
+    parser.add_argument("--prefix", default="op", help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     database.PG_CONCURRENT_WRITES = args.pg_write_gate
+    if args.worker:
+        await run_worker(
+            args.worker, args.ops, args.concurrency, args.synchronous, args.prefix, args.start_at
+        )
+        return
+
+    async def one_run(backend: str, url: str) -> Result:
+        if args.processes > 1:
+            return await run_processes(
+                backend, url, args.ops, args.concurrency, args.synchronous, args.processes
+            )
+        return await run(backend, url, args.ops, args.concurrency, args.synchronous)
+
     results = []
     runs = []
     for _ in range(args.repeat):  # a fresh database per run, so every run starts equal
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(
-                await run(
-                    "sqlite",
-                    f"sqlite+aiosqlite:///{tmp}/bench.db",
-                    args.ops,
-                    args.concurrency,
-                    args.synchronous,
-                )
-            )
+            runs.append(await one_run("sqlite", f"sqlite+aiosqlite:///{tmp}/bench.db"))
     results.append(median(runs))
     if args.postgres:
         runs = []
         try:
             for _ in range(args.repeat):
                 async with scratch_postgres(args.postgres) as url:
-                    runs.append(await run("postgresql", url, args.ops, args.concurrency))
+                    runs.append(await one_run("postgresql", url))
             results.append(median(runs))
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
     print(
-        f"reserve+settle, {args.ops} ops, concurrency {args.concurrency}, 3 budget rows per op, "
+        f"reserve+settle, {args.ops} ops, concurrency {args.concurrency} per process, "
+        f"{args.processes} process(es), 3 budget rows per op, "
         f"SQLite synchronous={args.synchronous}, "
         f"median of {args.repeat} runs, PostgreSQL write gate {args.pg_write_gate}"
     )
