@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py [--out DIR] [--quick]
 
-Runs ``ledger_bench``, ``mcp_bench``, ``core_overhead`` (upstream latency 0 ms and 200 ms, with a
+Runs ``ledger_bench`` (one process, then two), ``mcp_bench``, ``core_overhead`` (upstream latency 0 ms and 200 ms, with a
 pyinstrument profile at 0 ms) ``slack_ack`` (0 ms and 200 ms) and ``footprint``. Each benchmark's output goes to
 ``DIR/<name>.txt`` (and JSON reports to ``DIR/<name>.json`` where the benchmark writes one);
 ``DIR`` defaults to a new ``bot-benchmarks-*`` directory under the system temp directory.
@@ -31,6 +31,7 @@ def plan(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
         small = ["--requests", "10", "--throughput-requests", "50", "--stream-requests", "5", "--repeat", "1"]
         return [
             ("ledger_bench", [py, "benchmarks/ledger_bench.py", "--ops", "50", "--repeat", "1"]),
+            ("ledger_bench_2proc", [py, "benchmarks/ledger_bench.py", "--ops", "50", "--repeat", "1", "--processes", "2"]),
             ("mcp_bench", [py, "-m", "benchmarks.mcp_bench", "--calls", "16"]),
             ("core_overhead_0ms", [*core, "--latency-ms", "0", *small, "--json", str(out / "core_overhead_0ms.json")]),
             ("slack_ack_0ms", [*slack, "--rounds", "1", "--repeat", "1", "--json", str(out / "slack_ack_0ms.json")]),
@@ -38,6 +39,9 @@ def plan(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
         ]  # fmt: skip
     return [
         ("ledger_bench", [py, "benchmarks/ledger_bench.py", "--ops", "1000", "--concurrency", "50"]),
+        ("ledger_bench_2proc", [
+            py, "benchmarks/ledger_bench.py", "--ops", "1000", "--concurrency", "25", "--processes", "2",
+        ]),
         ("mcp_bench", [py, "-m", "benchmarks.mcp_bench"]),
         ("core_overhead_0ms", [
             *core, "--latency-ms", "0", "--json", str(out / "core_overhead_0ms.json"),
