@@ -115,13 +115,18 @@ async def run_once(args: argparse.Namespace, upstream: FakeUpstream, api: FakeSl
             commands = app.state.slack_commands
             async with serve(app) as url, httpx2.AsyncClient(timeout=30) as http:
                 samples: list[float] = []
+                ack_seconds = done_seconds = 0.0
                 for round_no in range(args.rounds + 1):
                     bodies = [form(api, counter + i) for i in range(args.burst)]
                     counter += args.burst
+                    started = time.perf_counter()
                     acks = await asyncio.gather(*(post(http, url, b) for b in bodies))
+                    acked = time.perf_counter()
                     await commands.wait_idle()
                     if round_no:  # round 0 warms up connections, imports and the ledger
                         samples.extend(acks)
+                        ack_seconds += acked - started
+                        done_seconds += time.perf_counter() - started
                 api.reset()
     made = len(upstream.requests_to("/v1/chat/completions"))
     if made != args.burst * (args.rounds + 1):
@@ -130,6 +135,10 @@ async def run_once(args: argparse.Namespace, upstream: FakeUpstream, api: FakeSl
         "ack_p50_ms": percentile(samples, 0.5),
         "ack_p99_ms": percentile(samples, 0.99),
         "ack_max_ms": max(samples),
+        # Rates over the measured bursts: acks answered, and commands whose answer was delivered
+        # (streamed to the fake Slack API and finished) per second.
+        "acks_per_second": len(samples) / ack_seconds,
+        "commands_per_second": len(samples) / done_seconds,
         "samples": float(len(samples)),
     }
 
