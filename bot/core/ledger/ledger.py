@@ -271,7 +271,10 @@ class Ledger:
         return await self._finish(hold, record)
 
     async def _finish(self, hold: Hold, record: CallRecord | None) -> list[Alert]:
-        _same_request(hold, record)
+        if record is not None and record.request_id != hold.request_id:
+            raise ValueError(
+                f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
+            )
         now = self._now()
         if self._fast is not None:
             # The same statements as below, as one plain function (see sqlite_fast.settle_tx).

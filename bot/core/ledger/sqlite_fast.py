@@ -315,14 +315,6 @@ class FastSqlite:
         now: datetime,
     ) -> list[int]:
         """``settle_tx`` inside ``gate`` (the write gate); returns the ids of the alerts it created."""
-        args = self._settle_args(hold, record, budgets, now)
-        async with gate:
-            return await self.run(settle_tx, *args)
-
-    def _settle_args(
-        self, hold: Hold, record: CallRecord | None, budgets: Mapping[str, BudgetConfig], now: datetime
-    ) -> tuple[Any, ...]:
-        """``settle_tx``'s arguments after the connection."""
         call = None if record is None else self.call_row(record)
         spend = 0 if record is None else to_nanos(record.cost_usd)
         created_at = self.stored(now)
@@ -330,7 +322,8 @@ class FastSqlite:
         def values(rows: Sequence[ChargedRow]) -> list[dict[str, Any]]:
             return alert_values(rows, budgets, created_at)  # pure: safe in the database thread
 
-        return call, spend, hold.id, hold.budget_period_ids, values
+        async with gate:
+            return await self.run(settle_tx, call, spend, hold.id, hold.budget_period_ids, values)
 
     async def close(self) -> None:
         """Close the connections (they reopen on next use)."""
