@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +156,8 @@ class Database:
         # SQLite has one writer at a time anyway: queue here rather than in its polling busy handler.
         self.write_gate = asyncio.Lock() if backend == "sqlite" else asyncio.Semaphore(PG_CONCURRENT_WRITES)
         """Held around every write transaction of this process (also the SQLite hot path's)."""
+        self.before_read: Callable[[], None] | None = None
+        """Run before every read: the SQLite hot path commits its shared transaction (sqlite_batch)."""
 
     @classmethod
     def connect(cls, config: DatabaseConfig) -> Database:
@@ -195,6 +197,8 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (a consistent snapshot; on SQLite it takes no write lock)."""
+        if self.before_read is not None:
+            self.before_read()  # a read must see every write made before it
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})

@@ -85,6 +85,8 @@ class Ledger:
             if db.sqlite_path and db.sqlite_setup
             else None
         )
+        if self._fast is not None:
+            db.before_read = self._fast.commit_pending
         self.outbox = Outbox(db, self._by_name, self._tz, self._now)
         """Claiming and delivering alerts, job-made alert kinds, job runs (see ``outbox.py``)."""
 

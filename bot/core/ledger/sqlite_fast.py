@@ -11,8 +11,9 @@ error). The guarantees are unchanged:
 - one writer at a time: ``BEGIN IMMEDIATE`` takes SQLite's write lock before the first read
   (other processes wait in ``busy_timeout``), and callers in this process hold the database's
   write gate (``Database.write_gate``) around it, exactly as for SQLAlchemy transactions;
-- all or nothing: any exception, a refusal included, rolls the transaction back before it leaves
-  the thread, so a cancelled caller can never leave a transaction open on this connection;
+- all or nothing: any exception, a refusal included, rolls the write back (its transaction, or
+  its savepoint in the loop's shared transaction) before it returns, so a cancelled caller can
+  never leave a transaction open on these connections;
 - the statements and their order are ``store.py``'s (hold first, budget rows in ``lock_order``,
   the calls row's unique request_id makes a second settle a no-op, deleting the hold is the claim).
 
@@ -20,7 +21,8 @@ Where the function runs depends on ``synchronous``. Under ``FULL`` a commit wait
 so it runs in the thread of a dedicated aiosqlite connection. Under ``NORMAL`` (the default, see
 ``wal_sync``) nothing in it waits for the disk: the whole transaction takes ~40 µs, less than
 handing it to a thread and back (~150 µs, ~400 µs after an idle spell), so it runs on the event
-loop itself, on a connection with ``busy_timeout = 0`` and no automatic checkpoint. If another
+loop itself, on a connection with ``busy_timeout = 0`` and no automatic checkpoint, where the
+writes of one loop turn share one commit (``sqlite_batch``). If another
 process holds SQLite's write lock, ``BEGIN IMMEDIATE`` fails at once there and the transaction
 goes to the thread instead, which waits for the lock (``busy_timeout``) without blocking the loop.
 
@@ -30,9 +32,9 @@ API; aiosqlite has had it, unchanged, since its first releases.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -44,6 +46,7 @@ from bot.core.ledger.alerts import alert_values
 from bot.core.ledger.database import SqliteSetup
 from bot.core.ledger.models import Hold
 from bot.core.ledger.schema import CALL_COLUMNS, UTCDateTime, to_nanos
+from bot.core.ledger.sqlite_batch import Gate, LoopBatches
 from bot.core.ledger.store import call_params, lock_order
 from bot.core.types import CallRecord
 
@@ -198,11 +201,6 @@ def settle_tx(
 def _in_transaction(conn: sqlite3.Connection, work: Callable[..., T], *args: Any) -> T:
     """Run ``work`` between ``BEGIN IMMEDIATE`` and ``COMMIT``; roll back on any exception."""
     conn.execute("BEGIN IMMEDIATE")
-    return _work_and_commit(conn, work, *args)
-
-
-def _work_and_commit(conn: sqlite3.Connection, work: Callable[..., T], *args: Any) -> T:
-    """Inside a begun transaction: run ``work`` and commit, or roll back on any exception."""
     try:
         result = work(conn, *args)
         conn.execute("COMMIT")
@@ -220,16 +218,12 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: An
     return await execute(fn, conn._conn, *args)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    """SQLite's write lock (or the file) is held by another connection."""
-    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
 class FastSqlite:
     """The hot-path write transactions: on the event loop under ``NORMAL``, else in a thread.
 
-    Use only while holding the database's write gate. Connections are opened on first use with
-    the same pragmas as the engine's (``setup.configure``); ``on_commit`` hears every commit.
+    ``gate`` is the database's write gate (``Database.write_gate``): held around every write of
+    this process. Connections are opened on first use with the same pragmas as the engine's
+    (``setup.configure``); ``on_commit`` hears every commit.
     """
 
     def __init__(
@@ -243,6 +237,8 @@ class FastSqlite:
         self._loop_conn: sqlite3.Connection | None = None
         self.on_loop = setup.synchronous == "normal"
         """Whether transactions run on the event loop (no commit waits for the disk)."""
+        self.batches = LoopBatches(self._loop_connection, on_commit) if self.on_loop else None
+        """The loop's shared transaction (``sqlite_batch``); None when writes run in a thread."""
         bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         assert bind is not None
         self._bind_datetime = bind
@@ -257,30 +253,38 @@ class FastSqlite:
         params["created_at"] = self.stored(params["created_at"])
         return tuple(params[c] for c in CALL_COLUMNS)
 
-    async def run(self, work: Callable[..., T], *args: Any) -> T:
-        """Run ``work(sqlite3_connection, *args)`` in one write transaction (see the module doc)."""
-        loop_conn = self._begin_on_loop() if self.on_loop else None
-        if loop_conn is not None:
-            result = _work_and_commit(loop_conn, work, *args)
-        else:
-            if self._conn is None:
-                conn = await aiosqlite.connect(self._path, isolation_level=None)
-                await _in_thread(conn, self._setup.configure)
-                self._conn = conn
-            result = await _in_thread(self._conn, _in_transaction, work, *args)
+    def commit_pending(self) -> None:
+        """Commit the loop's shared transaction now, if one is open (``Database.read`` calls it)."""
+        if self.batches is not None:
+            self.batches.commit_now()
+
+    async def run(self, gate: Gate, work: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """Run ``work(sqlite3_connection, *args)`` as one all-or-nothing write (see the module doc).
+
+        ``durable``: return only once it is committed (else, on the loop, it commits at the start
+        of the next loop turn; see ``sqlite_batch`` for why a reserve may return before).
+        """
+        if self.batches is not None:
+            if await self.batches.begin(gate):
+                result, committed = self.batches.write(work, *args)
+                if durable:
+                    await asyncio.shield(committed)  # shared by the batch: never cancel it
+                return result
+            try:  # another process holds SQLite's lock: wait for it in the thread, not on the loop
+                return await self._run_in_thread(work, *args)
+            finally:
+                gate.release()
+        async with gate:
+            return await self._run_in_thread(work, *args)
+
+    async def _run_in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            conn = await aiosqlite.connect(self._path, isolation_level=None)
+            await _in_thread(conn, self._setup.configure)
+            self._conn = conn
+        result: T = await _in_thread(self._conn, _in_transaction, work, *args)
         self._on_commit()
         return result
-
-    def _begin_on_loop(self) -> sqlite3.Connection | None:
-        """``BEGIN IMMEDIATE`` on the loop's connection; None if another process is writing."""
-        conn = self._loop_connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise
-            return None  # wait for it in the thread (busy_timeout), not on the loop
-        return conn
 
     def _loop_connection(self) -> sqlite3.Connection:
         if self._loop_conn is None:
@@ -293,14 +297,11 @@ class FastSqlite:
             self._loop_conn = conn
         return self._loop_conn
 
-    async def reserve(
-        self, gate: AbstractAsyncContextManager[Any], hold: Hold, nanos: int, rows: Mapping[int, RowBudget]
-    ) -> None:
-        """``reserve_tx`` inside ``gate`` (the write gate); a repeated request_id raises ValueError."""
+    async def reserve(self, gate: Gate, hold: Hold, nanos: int, rows: Mapping[int, RowBudget]) -> None:
+        """``reserve_tx``; a repeated request_id raises ValueError. May return before its commit."""
         values = (hold.id, hold.request_id, nanos, self.stored(hold.created_at), self.stored(hold.expires_at))
         try:
-            async with gate:
-                await self.run(reserve_tx, values, rows)
+            await self.run(gate, reserve_tx, values, rows, durable=False)
         except sqlite3.IntegrityError as exc:
             if "request_id" in str(exc) or "holds" in str(exc):
                 raise ValueError(f"request_id '{hold.request_id}' already has a hold") from None
@@ -308,13 +309,13 @@ class FastSqlite:
 
     async def settle(
         self,
-        gate: AbstractAsyncContextManager[Any],
+        gate: Gate,
         hold: Hold,
         record: CallRecord | None,
         budgets: Mapping[str, BudgetConfig],
         now: datetime,
     ) -> list[int]:
-        """``settle_tx`` inside ``gate`` (the write gate); returns the ids of the alerts it created."""
+        """``settle_tx``, committed; returns the ids of the alerts it created."""
         call = None if record is None else self.call_row(record)
         spend = 0 if record is None else to_nanos(record.cost_usd)
         created_at = self.stored(now)
@@ -322,11 +323,11 @@ class FastSqlite:
         def values(rows: Sequence[ChargedRow]) -> list[dict[str, Any]]:
             return alert_values(rows, budgets, created_at)  # pure: safe in the database thread
 
-        async with gate:
-            return await self.run(settle_tx, call, spend, hold.id, hold.budget_period_ids, values)
+        return await self.run(gate, settle_tx, call, spend, hold.id, hold.budget_period_ids, values)
 
     async def close(self) -> None:
-        """Close the connections (they reopen on next use)."""
+        """Commit what is pending and close the connections (they reopen on next use)."""
+        self.commit_pending()
         if self._loop_conn is not None:
             self._loop_conn.close()
             self._loop_conn = None
