@@ -1,7 +1,8 @@
 """Benchmark: what our core adds to a chat call, side by side with the bare official OpenAI SDK.
 
 The same ``gpt-4o-mini`` call (``max_tokens`` 32) goes to the fake upstream on loopback
-(``tests/fakes/upstream.py``, its own thread, ``--latency-ms`` of simulated upstream latency) two
+(``tests/fakes/upstream.py`` in a process of its own, ``tests/fakes/upstream_process.py``;
+``--latency-ms`` of simulated upstream latency) two
 ways in the same run: directly with ``openai.AsyncOpenAI``, and through ``Gateway.generate`` with a
 SQLite ledger and two budgets (token count, worst-case price, reserve, call, price, settle, alerts).
 
@@ -45,6 +46,7 @@ from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
 from bot.core.types import Principal
 from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream_process import FakeUpstreamProcess
 
 KEY = "bench-key"
 MODEL = "gpt-4o-mini"
@@ -96,7 +98,7 @@ def percentile(samples: list[float], q: float) -> float:
 class Bench:
     """The fake upstream, a bare SDK client and a gateway with a SQLite ledger, all pointing at it."""
 
-    def __init__(self, fake: FakeUpstream, gateway: Gateway) -> None:
+    def __init__(self, fake: FakeUpstream | FakeUpstreamProcess, gateway: Gateway) -> None:
         self.fake = fake
         self.gateway = gateway
         self.client = openai.AsyncOpenAI(
@@ -255,7 +257,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark; returns (and prints) the median figures and the target verdicts."""
     if not args.keep_nagle:
         tcp_nodelay_fakes()
-    with tempfile.TemporaryDirectory() as tmp, FakeUpstream(api_key=KEY) as fake:
+    # The fake runs in its own process, as a real upstream would: in ours its thread shares the
+    # GIL with the code measured (see FakeUpstreamProcess); --fake-in-thread keeps the old way.
+    fake_server = FakeUpstream(api_key=KEY) if args.fake_in_thread else FakeUpstreamProcess(api_key=KEY)
+    with tempfile.TemporaryDirectory() as tmp, fake_server as fake:
         budgets = [
             BudgetConfig(name="global", scope="global", limit_usd=Decimal(10**6), period="monthly"),
             BudgetConfig(name="per-user", scope="user", limit_usd=Decimal(10**5), period="daily"),
@@ -286,6 +291,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "concurrency": args.concurrency,
                 "throughput_requests": args.throughput_requests,
                 "sqlite_synchronous": args.synchronous,
+                "fake_upstream": "thread" if args.fake_in_thread else "process",
                 "stream_requests": args.stream_requests,
                 "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
                 "runs": runs,
@@ -319,6 +325,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", help="write a pyinstrument text profile of core calls here")
     parser.add_argument("--profile-calls", type=int, default=300)
     parser.add_argument("--json", help="also write the report as JSON here")
+    parser.add_argument(
+        "--fake-in-thread",
+        action="store_true",
+        help="run the fake upstream in a thread of this process (the first passes' method)",
+    )
     parser.add_argument(
         "--keep-nagle", action="store_true", help="leave the fakes without TCP_NODELAY (~40 ms stalls)"
     )

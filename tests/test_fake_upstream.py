@@ -488,3 +488,25 @@ async def test_fault_path_filter_and_request_log(server: FakeUpstream, ant: anth
 def test_inject_rejects_unknown_kind(server: FakeUpstream) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         server.inject("explode")  # type: ignore[arg-type]
+
+
+def test_upstream_in_its_own_process_answers_and_takes_latency() -> None:
+    """``FakeUpstreamProcess`` (what the benchmarks use) serves the same fake from a child process."""
+    from tests.fakes.upstream_process import FakeUpstreamProcess
+
+    with FakeUpstreamProcess(api_key=KEY) as fake:
+        client = openai.OpenAI(base_url=fake.openai_base_url, api_key=KEY, max_retries=0)
+        reply = client.chat.completions.create(model=GPT, messages=USER, max_completion_tokens=8)
+        assert reply.choices[0].message.content and reply.usage is not None
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url=fake.openai_base_url, api_key="wrong", max_retries=0
+            ).chat.completions.create(model=GPT, messages=USER)
+        fake.latency = 0.3
+        start = time.monotonic()
+        client.chat.completions.create(model=GPT, messages=USER, max_completion_tokens=8)
+        assert time.monotonic() - start >= 0.3
+        assert fake.latency == 0.3
+        client.close()
+    assert fake.base_url  # stopped cleanly; stopping twice is harmless
+    fake.stop()
