@@ -19,7 +19,15 @@ import sqlalchemy as sa
 from bot.core.ledger.database import Database
 from bot.core.ledger.schema import UTCDateTime, schema_migrations
 
-__all__ = ["MIGRATIONS", "Migration", "m001_initial", "m002_alert_delivery", "m003_request_keys", "migrate"]
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "m001_initial",
+    "m002_alert_delivery",
+    "m003_request_keys",
+    "m004_slim_holds",
+    "migrate",
+]
 
 #: A migration: runs DDL/DML on a synchronous connection inside the migration transaction.
 Migration = Callable[[sa.Connection], None]
@@ -162,11 +170,69 @@ def m003_request_keys(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _slim_hold_tables(md: sa.MetaData, suffix: str) -> tuple[sa.Table, sa.Table]:
+    """Version 4's ``holds`` and ``hold_items`` (named with ``suffix``): WITHOUT ROWID, no index."""
+    id_ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    # Only so that the foreign key below compiles: never created (the real table exists).
+    sa.Table("budget_periods", md, sa.Column("id", id_, primary_key=True))
+    holds = sa.Table(
+        f"holds{suffix}",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+        sa.Column("amount_nano_usd", sa.BigInteger, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+        sqlite_with_rowid=False,
+    )
+    hold_items = sa.Table(
+        f"hold_items{suffix}",
+        md,
+        sa.Column("hold_id", sa.String(32), primary_key=True),
+        sa.Column("budget_period_id", id_, sa.ForeignKey("budget_periods.id"), primary_key=True),
+        sqlite_with_rowid=False,
+    )
+    return holds, hold_items
+
+
+def _rebuild_sqlite_table(conn: sa.Connection, new: sa.Table, name: str) -> None:
+    """Replace table ``name`` by ``new`` (same columns), rows included, then give it ``name``.
+
+    SQLite's documented order: create the new table, copy, drop the old one, rename the new one.
+    ``foreign_keys`` may stay on: nothing references ``holds`` or ``hold_items`` (dropping a child
+    table deletes no parent row), and every copied item still references its budget row.
+    """
+    new.create(conn)
+    columns = ", ".join(c.name for c in new.columns)
+    conn.execute(sa.text(f"INSERT INTO {new.name} ({columns}) SELECT {columns} FROM {name}"))
+    conn.execute(sa.text(f"DROP TABLE {name}"))
+    conn.execute(sa.text(f"ALTER TABLE {new.name} RENAME TO {name}"))
+
+
+def m004_slim_holds(conn: sa.Connection) -> None:
+    """Drop the index on ``holds.expires_at``; on SQLite, make ``holds``/``hold_items`` WITHOUT ROWID.
+
+    Fewer pages written per commit of reserve and settle. The index served only the sweeper, and
+    ``holds`` contains only the calls in flight (settle deletes the row), so its scan is cheap. A rowid
+    table with a text primary key is two B-trees (the rows, and the key's index), so each insert
+    and delete wrote both; WITHOUT ROWID stores the rows in the key's B-tree: one. PostgreSQL's
+    tables are heaps either way: there, only the index goes.
+    """
+    # IF EXISTS: the end state is the same for a version-3 database whose index was dropped by hand.
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_holds_expires_at"))
+    if conn.dialect.name != "sqlite":
+        return
+    holds, hold_items = _slim_hold_tables(sa.MetaData(), "_m004")
+    _rebuild_sqlite_table(conn, holds, "holds")
+    _rebuild_sqlite_table(conn, hold_items, "hold_items")
+
+
 #: Every migration, in order: (version, name, function).
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "m001_initial", m001_initial),
     (2, "m002_alert_delivery", m002_alert_delivery),
     (3, "m003_request_keys", m003_request_keys),
+    (4, "m004_slim_holds", m004_slim_holds),
 )
 
 

@@ -167,6 +167,10 @@ budget_periods = sa.Table(
     sa.UniqueConstraint("budget", "scope", "scope_key", "period", "period_start", name="uq_budget_periods"),
 )
 
+# m004: holds and hold_items are written and deleted by every reserve and settle, so each commit's
+# pages count. On SQLite they are WITHOUT ROWID: a rowid table with a text key is two B-trees (rows
+# and key index), each written per insert and delete; WITHOUT ROWID is one. No index on expires_at:
+# only the sweeper reads it, and the table contains just the calls in flight, so a scan is cheap.
 holds = sa.Table(
     "holds",
     metadata,
@@ -174,7 +178,8 @@ holds = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=False, unique=True),
     sa.Column("amount_nano_usd", _Money, nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # No foreign key to holds on purpose: settle and the sweeper claim a hold by deleting its row
@@ -184,6 +189,7 @@ hold_items = sa.Table(
     metadata,
     sa.Column("hold_id", sa.String(32), primary_key=True),
     sa.Column("budget_period_id", _Id, sa.ForeignKey("budget_periods.id"), primary_key=True),
+    sqlite_with_rowid=False,
 )
 
 alerts = sa.Table(
