@@ -91,6 +91,8 @@ class ProviderWatch:
         self._up: dict[str, bool] = {}
         self._task: asyncio.Task[None] | None = None
         self._t0 = time.monotonic()
+        self.warmed = asyncio.Event()
+        """Set once every provider's SDK import has been tried (at once when there are none)."""
 
     @property
     def status(self) -> dict[str, str]:
@@ -99,7 +101,9 @@ class ProviderWatch:
 
     def start(self) -> None:
         """Start the watch as a background task (once; nothing to do without providers)."""
-        if self._task is None and self.providers:
+        if not self.providers:
+            self.warmed.set()
+        elif self._task is None:
             self._t0 = time.monotonic()
             self._task = asyncio.get_running_loop().create_task(self.run(), name="provider-watch")
 
@@ -119,6 +123,7 @@ class ProviderWatch:
             for provider in self.providers:
                 if await self.warm_up(provider):
                     checks.create_task(self._keep_checking(provider))
+            self.warmed.set()
 
     async def warm_up(self, provider: Provider) -> bool:
         """Import ``provider``'s SDK in a worker thread; False (and status ``error: …``) if it fails."""

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.core.config import AppConfig
 from bot.core.errors import BotError
 from bot.core.gateway import Gateway
+from bot.heap import freeze_when_ready
 from bot.logging_setup import CallLogger, configure_logging, request_id_var, secret_values
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.readiness import Readiness
@@ -80,6 +81,9 @@ class ServerState:
     started: bool = False
     #: The one start-up line, logged once every face and service has started.
     announce: str = ""
+    #: Freeze the start-up heap out of garbage collection once the SDKs are loaded (``bot serve``
+    #: only: an app started inside a test process leaves that process's collector alone).
+    freeze_heap: bool = False
     t0: float = field(default_factory=time.monotonic)
     idle_waiters: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -222,6 +226,11 @@ def build_app(
             # nor the first call waits for that; stopped first on the way out.
             state.readiness.providers.start()
             stack.push_async_callback(state.readiness.providers.stop)
+            if state.freeze_heap:  # then the start-up heap leaves garbage collection (bot/heap.py)
+                freeze = asyncio.get_running_loop().create_task(
+                    freeze_when_ready(state.readiness.providers.warmed)
+                )
+                stack.callback(freeze.cancel)
             if state.announce:
                 log.info(state.announce, extra={"startup_ms": round((time.monotonic() - state.t0) * 1000)})
             yield
@@ -364,6 +373,7 @@ async def run(
             server = _Server(uv_config, state)
             state.t0 = t0
             state.announce = startup_summary(settings, config, gateway, slack)
+            state.freeze_heap = True
             await server.serve(sockets=[sock])
             if not state.started:
                 print("error: the server failed to start (see the log above)", file=sys.stderr)

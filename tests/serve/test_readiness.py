@@ -147,6 +147,7 @@ async def test_a_failed_warm_up_is_a_status_never_a_crash(caplog: pytest.LogCapt
         await watch.stop()
     status = watch.status["openai"]
     assert status.startswith("error: cannot load the SDK: ModuleNotFoundError"), status
+    assert watch.warmed.is_set()  # tried, if failed: what waits for the warm-up goes on
     assert metrics.registry.get_sample_value("llm_provider_up", {"provider": "openai"}) == 0
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
 
@@ -267,3 +268,10 @@ async def test_readyz_is_503_while_the_database_is_unreachable() -> None:
     assert during.status_code == 503
     not_ready = during.json()["not_ready"]
     assert set(not_ready) == {"database"} and not_ready["database"].startswith("error: "), not_ready
+
+
+async def test_with_no_provider_the_warm_up_is_done_at_once() -> None:
+    watch = ProviderWatch([], Metrics())
+    watch.start()
+    assert watch.warmed.is_set()
+    await watch.stop()

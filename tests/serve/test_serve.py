@@ -167,6 +167,9 @@ async def test_one_process_serves_every_face_and_drains_on_sigterm(
     requests = [line for line in lines if line["message"].startswith("POST /slack/events")]
     assert requests and all(len(line["request_id"]) >= 8 for line in requests)
     assert any(line["message"] == "stopped cleanly" for line in lines)
+    # Once the SDKs were loaded, the start-up heap left garbage collection (bot/heap.py).
+    (frozen,) = [line for line in lines if line["message"].startswith("start-up objects frozen")]
+    assert frozen["frozen_objects"] > 100_000
     calls = [line for line in lines if line["message"].startswith("call ok")]
     assert sorted(line["surface"] for line in calls) == ["mcp", "mcp", "slack"]
     assert all(line["call_id"] and line["request_id"] != "-" for line in calls)

@@ -122,3 +122,21 @@ def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     config = apply_data_dir(AppConfig(), s, {})
     assert config.database.url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/bot.db"
     assert apply_data_dir(AppConfig(), s, {"BOT_DATABASE_URL": "x"}) == AppConfig()
+
+
+async def test_the_start_up_heap_is_frozen_once_the_sdks_are_loaded() -> None:
+    import asyncio
+    import gc
+
+    from bot.heap import freeze_when_ready
+
+    ready = asyncio.Event()
+    freeze = asyncio.create_task(freeze_when_ready(ready))
+    try:
+        await asyncio.sleep(0.01)
+        assert not freeze.done() and gc.get_freeze_count() == 0  # waits for the warm-up
+        ready.set()
+        await asyncio.wait_for(freeze, timeout=30)
+        assert gc.get_freeze_count() > 10_000  # everything alive at start-up
+    finally:
+        gc.unfreeze()  # this test process keeps its collector as it was
