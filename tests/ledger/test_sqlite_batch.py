@@ -177,4 +177,17 @@ async def test_a_transaction_sqlite_rolled_back_fails_its_durable_writes_and_the
     await asyncio.sleep(0)
     assert conn.execute("SELECT v FROM t").fetchall() == [(2,)]
     assert not gate.locked() and len(commits) == 2
+
+    # A write failing half-way (no rollback by SQLite) takes the whole transaction with it.
+    def half_done(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t VALUES (4)")
+        raise ValueError("a bug after the first statement")
+
+    assert await batches.begin(gate)
+    _, third = batches.write(insert, 3)
+    with pytest.raises(ValueError):
+        batches.write(half_done)
+    with pytest.raises(BatchLostError):
+        await third
+    assert conn.execute("SELECT v FROM t").fetchall() == [(2,)] and not conn.in_transaction
     conn.close()

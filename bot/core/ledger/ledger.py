@@ -18,8 +18,7 @@ not written by ``reserve``; the caller records it with ``record()``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -74,6 +73,7 @@ class Ledger:
         self._db = db
         self._budgets = tuple(budgets)
         self._by_name = {b.name: b for b in self._budgets}
+        self._limit_nanos = {b.name: to_nanos(b.limit_usd) for b in self._budgets}
         self._tz = ZoneInfo(config.timezone)
         self._clock = clock
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
@@ -174,16 +174,13 @@ class Ledger:
     ) -> Hold:
         now = self._now()
         targets = self._targets(principal, model, provider, now)
-        hold = Hold(
-            id=uuid.uuid4().hex,
-            request_id=request_id,
-            amount=from_nanos(nanos),
-            created_at=now,
-            expires_at=now + self._ttl,
-        )
+        hold_id, amount, expires_at = uuid.uuid4().hex, from_nanos(nanos), now + self._ttl
         if self._fast is not None and all(t.key in self._period_ids for t in targets):
-            # Every row exists already (the common case): the one-hop SQLite transaction.
-            return await self._fast_reserve(self._fast, targets, hold, nanos)
+            # Every row exists already (the common case): the SQLite hot path.
+            target_of = {self._period_ids[t.key]: t for t in targets}
+            hold = Hold(hold_id, request_id, amount, now, expires_at, tuple(store.lock_order(target_of)))
+            return await self._fast_reserve(self._fast, target_of, hold, nanos)
+        hold = Hold(hold_id, request_id, amount, now, expires_at)
         try:
             async with self._db.write() as conn:
                 ids = {t.key: self._period_ids[t.key] for t in targets if t.key in self._period_ids}
@@ -220,19 +217,19 @@ class Ledger:
         )
 
     async def _fast_reserve(
-        self, fast: sqlite_fast.FastSqlite, targets: Sequence[Target], hold: Hold, nanos: int
+        self, fast: sqlite_fast.FastSqlite, target_of: Mapping[int, Target], hold: Hold, nanos: int
     ) -> Hold:
         """``_try_reserve`` on SQLite when every target's row id is known (see ``sqlite_fast``)."""
-        target_of = {self._period_ids[t.key]: t for t in targets}
+        limits = self._limit_nanos
         rows = {
-            i: sqlite_fast.RowBudget(t.budget.name, t.scope_key, to_nanos(t.budget.limit_usd))
+            i: sqlite_fast.RowBudget(t.budget.name, t.scope_key, limits[t.budget.name])
             for i, t in target_of.items()
         }
         try:
             await fast.reserve(self._db.write_gate, hold, nanos, rows)
         except sqlite_fast.Refusal as r:
             raise self._refusal(target_of[r.row_id], nanos, r.limit, r.spent, r.reserved) from None
-        return replace(hold, budget_period_ids=tuple(store.lock_order(rows)))
+        return hold
 
     async def _reserve_row(self, conn: AsyncConnection, row_id: int, nanos: int, target: Target) -> None:
         refused = await store.reserve_row(conn, row_id, nanos, to_nanos(target.budget.limit_usd))

@@ -9,8 +9,11 @@ canned reply: 253 → 190 µs of CPU per call (docs/benchmarks.md, "Core overhea
 
 How: the first write of a loop turn takes the database's write gate, runs ``BEGIN IMMEDIATE``
 and schedules the ``COMMIT`` with ``loop.call_soon``, so it runs at the start of the next turn.
-Every write until then joins that transaction inside its own ``SAVEPOINT``: a refusal (or any
-error) rolls back only its own statements. The gate stays held until the commit, so the
+Every write until then joins that transaction. A refusal leaves it untouched: a reserve checks
+every budget row before it writes anything (``NothingWritten``), which is also why no write
+needs a ``SAVEPOINT`` of its own (two statements more per write). Any other error in a write
+(a full disk, an I/O error) may leave it half done, so the whole transaction is rolled back and
+the writes in it fail together. The gate stays held until the commit, so the
 SQLAlchemy writers of this process (sweeper, alert outbox, overrides) queue behind it instead of
 meeting SQLite's lock, and ``Database.read`` commits first, so a read never misses a write made
 before it.
@@ -31,12 +34,16 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["BatchLostError", "Gate", "LoopBatches"]
+__all__ = ["BatchLostError", "Gate", "LoopBatches", "NothingWritten"]
 
 T = TypeVar("T")
 
 #: The database's write gate (``Database.write_gate``): a lock on SQLite.
 Gate = asyncio.Lock | asyncio.Semaphore
+
+
+class NothingWritten(Exception):
+    """Raised by a write that failed before writing anything: the shared transaction goes on."""
 
 
 class BatchLostError(sqlite3.OperationalError):
@@ -105,25 +112,23 @@ class LoopBatches:
         return True
 
     def write(self, work: Callable[..., T], *args: Any) -> tuple[T, asyncio.Future[None]]:
-        """Run ``work(connection, *args)`` in the open transaction, inside its own savepoint.
+        """Run ``work(connection, *args)`` in the open transaction.
 
-        Returns its result and the future of the commit that makes it durable. Raises what
-        ``work`` raises, with its statements rolled back (and the rest of the batch kept).
+        Returns its result and the future of the commit that makes it durable. If ``work``
+        raises ``NothingWritten`` (a refused reserve: it checks before it writes), the batch goes
+        on. Any other exception may have left some of its statements done, so the whole shared
+        transaction is rolled back and the other writes in it fail with ``BatchLostError`` (the
+        settles waiting for it retry; see the module doc for the reserves).
         """
         batch = self._open
         assert batch is not None, "call begin() first"
-        conn = self._connection()
-        conn.execute("SAVEPOINT hot_path")
         try:
-            result = work(conn, *args)
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK TO hot_path")
-                conn.execute("RELEASE hot_path")
-            else:  # SQLite rolled back the whole transaction: end the batch now
-                self._lose(batch, exc)
+            result = work(self._connection(), *args)
+        except NothingWritten:
             raise
-        conn.execute("RELEASE hot_path")
+        except BaseException as exc:
+            self._lose(batch, exc)
+            raise
         self.writes += 1
         return result, batch.committed
 
@@ -155,7 +160,7 @@ class LoopBatches:
             self._on_commit()
 
     def _lose(self, batch: _Batch, exc: BaseException) -> None:
-        """The transaction is gone: new writes open another one after the commit callback."""
+        """Roll the whole transaction back now; the next write opens another one."""
         batch.lost = exc
         if self._open is batch:
             self._open = None
