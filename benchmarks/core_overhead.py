@@ -45,6 +45,7 @@ from bot.core.config import AppConfig, BudgetConfig, DatabaseConfig
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
 from bot.core.types import Principal
+from bot.heap import freeze_startup_heap
 from tests.fakes.upstream import FakeUpstream
 from tests.fakes.upstream_process import FakeUpstreamProcess
 
@@ -276,6 +277,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(10):  # warm-up: connections, tiktoken, SQLite, imports
                 await bench.direct()
                 await bench.core()
+            if not args.gc_unfrozen:
+                freeze_startup_heap()  # as `bot serve` does once its SDKs are loaded (bot/heap.py)
             fake.latency = args.latency_ms / 1000
             # Every latency run before any throughput run: 50 calls in flight leave 50 pooled
             # connections in each client, and httpcore checks every idle one on each request
@@ -292,6 +295,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "throughput_requests": args.throughput_requests,
                 "sqlite_synchronous": args.synchronous,
                 "fake_upstream": "thread" if args.fake_in_thread else "process",
+                "startup_heap_frozen": not args.gc_unfrozen,
                 "stream_requests": args.stream_requests,
                 "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
                 "runs": runs,
@@ -325,6 +329,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", help="write a pyinstrument text profile of core calls here")
     parser.add_argument("--profile-calls", type=int, default=300)
     parser.add_argument("--json", help="also write the report as JSON here")
+    parser.add_argument(
+        "--gc-unfrozen",
+        action="store_true",
+        help="leave the start-up heap in garbage collection (bot serve freezes it, bot/heap.py)",
+    )
     parser.add_argument(
         "--fake-in-thread",
         action="store_true",
