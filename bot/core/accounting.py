@@ -9,6 +9,7 @@ record reaches the ledger (retried on a passing database failure) and then the o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -63,6 +64,13 @@ class LedgerPort(Protocol):
 
     async def claim_request(self, request_id: str) -> None:
         """Claim an idempotency key, or raise ``DuplicateRequestError``."""
+
+    def settle_now(self, hold: Any, record: CallRecord) -> asyncio.Future[list[int]] | None:
+        """``settle`` written at once if that needs no waiting: a future of the new alerts' ids,
+        done once committed (failed: nothing was written); None: use ``settle``."""
+
+    async def alerts_by_id(self, ids: Sequence[int]) -> Sequence[Any]:
+        """The alerts ``settle_now`` created."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +156,14 @@ class Accountant:
         alerts: Sequence[Any] = ()
         if self._ledger is not None:
             alerts = await self._write_with_retries(record, hold, settle=settle)
+        await self._tell_observers(record, alerts)
+
+    async def _tell_observers_of(self, record: CallRecord, alert_ids: Sequence[int]) -> None:
+        """Tell the observers about a record ``settle_now`` wrote, with the alerts it created."""
+        alerts = await self._ledger.alerts_by_id(alert_ids) if alert_ids and self._ledger else ()
+        await self._tell_observers(record, alerts)
+
+    async def _tell_observers(self, record: CallRecord, alerts: Sequence[Any]) -> None:
         for observer in self._observers:
             try:
                 await observer.on_call(record, list(alerts))
@@ -218,7 +234,23 @@ class Accountant:
         """
         self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
         self.tokens.record(ctx.model, record.usage)
-        self._pending.start(self._commit(record, hold, settle=True))
+        # Most often (SQLite, calls in flight) the write can be made right here, in this loop
+        # turn: no task at all until its commit, and then only if someone listens.
+        written = None if self._ledger is None else self._ledger.settle_now(hold, record)
+        if written is None:
+            self._pending.start(self._commit(record, hold, settle=True))
+            return
+        self._pending.track(written)
+        written.add_done_callback(functools.partial(self._settled_now, record, hold))
+
+    def _settled_now(self, record: CallRecord, hold: Any, written: asyncio.Future[list[int]]) -> None:
+        """``settle_now``'s commit is done: tell the observers, or write it again if it failed."""
+        if written.cancelled() or written.exception() is not None:
+            # Nothing was written (the shared transaction was lost): the ordinary way, with its
+            # retries. A settle is idempotent per request, so this can never charge twice.
+            self._pending.start(self._commit(record, hold, settle=True))
+        elif self._observers:
+            self._pending.start(self._tell_observers_of(record, written.result()))
 
     async def charge_failure(
         self,

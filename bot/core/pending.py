@@ -29,6 +29,7 @@ class PendingWrites:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._futures: set[asyncio.Future[Any]] = set()
 
     def start(self, write: Coroutine[Any, Any, None]) -> None:
         """Run ``write`` in its own task now; ``flush`` waits for it."""
@@ -42,11 +43,20 @@ class PendingWrites:
             # The writer has logged the record itself (Accountant._write_with_retries).
             log.error("a ledger write failed after its call answered", exc_info=task.exception())
 
+    def track(self, written: asyncio.Future[Any]) -> None:
+        """Count a write already made, until ``written`` (its commit) is done; ``flush`` waits for it.
+
+        Whoever made it handles the result (``written``'s own callbacks run before ``flush``
+        resumes, so a write they start then is waited for too).
+        """
+        self._futures.add(written)
+        written.add_done_callback(self._futures.discard)
+
     def __len__(self) -> int:
         """How many writes are in flight."""
-        return len(self._tasks)
+        return len(self._tasks) + len(self._futures)
 
     async def flush(self) -> None:
         """Wait until every write started so far (and any they start) has finished."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        while self._tasks or self._futures:
+            await asyncio.wait({*self._tasks, *self._futures})

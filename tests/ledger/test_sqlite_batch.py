@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.accounting import Accountant, CallContext
 from bot.core.config import DatabaseConfig
 from bot.core.errors import BudgetExceededError
 from bot.core.ledger import Ledger
 from bot.core.ledger.models import Hold
+from bot.core.ledger.schema import CALL_COLUMNS
 from bot.core.ledger.sqlite_batch import BatchLostError, LoopBatches
 from bot.core.ledger.sqlite_fast import FastSqlite
+from bot.core.ledger.store import call_params
+from bot.core.monitoring import CostTracker, TokenMonitor
+from bot.core.pending import PendingWrites
 from bot.core.types import CallRecord
 
 from .conftest import ALICE, budget, record
@@ -191,3 +196,57 @@ async def test_a_transaction_sqlite_rolled_back_fails_its_durable_writes_and_the
         await third
     assert conn.execute("SELECT v FROM t").fetchall() == [(2,)] and not conn.in_transaction
     conn.close()
+
+
+async def test_a_settle_is_written_at_once_into_the_open_transaction(tmp_path: Path) -> None:
+    ledger = await open_ledger(tmp_path / "l.db")
+    try:
+        await warm(ledger)
+        hold = await reserve(ledger, "r1")  # opens the shared transaction for this loop turn
+        written = ledger.settle_now(hold, record(hold, "0.02"))
+        assert written is not None and not written.done()
+        assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(1,)]  # not committed yet
+        assert await written == []  # committed at the start of the next turn: no alert crossed
+        assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(2,)]
+        other = await reserve(ledger, "r2")
+        await asyncio.sleep(0)  # its transaction commits; none is open now
+        assert ledger.settle_now(other, record(other, "0.01")) is None  # then: ledger.settle
+        await ledger.settle(other, record(other, "0.01"))
+        [status] = await ledger.status(ALICE)
+        assert (status.spent, status.reserved) == (Decimal("0.03"), Decimal(0))
+    finally:
+        await ledger.close()
+
+
+async def test_a_settle_written_at_once_is_written_again_if_its_transaction_is_lost(tmp_path: Path) -> None:
+    """The accountant's fallback: the commit failed, so nothing was written; it settles again."""
+    ledger = await open_ledger(tmp_path / "l.db")
+    try:
+        await warm(ledger)
+        pending = PendingWrites()
+        accountant = Accountant(CostTracker(), TokenMonitor(), ledger, [], pending)
+        hold = await reserve(ledger, "r1")
+        ctx = CallContext("r1", ALICE, "gpt-test", "openai", [], 10, 5, Decimal("0.1"))
+        accountant.settle(hold, ctx, record(hold, "0.02"))
+        assert len(pending) == 1  # written, waiting for its commit
+
+        def half_done(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM calls")
+            raise ValueError("a write failing half-way")
+
+        batches = fast_of(ledger).batches
+        assert batches is not None
+        with pytest.raises(ValueError):
+            batches.write(half_done)  # the shared transaction (hold and settle) is rolled back
+        await pending.flush()
+        assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls WHERE request_id = 'r1'") == [(1,)]
+        [status] = await ledger.status(ALICE)
+        # The hold went with the lost transaction; the settle charged the budget without it.
+        assert (status.spent, status.reserved) == (Decimal("0.02"), Decimal(0))
+    finally:
+        await ledger.close()
+
+
+def test_call_params_are_in_the_calls_columns_order() -> None:
+    """``FastSqlite.call_row`` relies on it."""
+    assert tuple(call_params(record("r1"))) == CALL_COLUMNS

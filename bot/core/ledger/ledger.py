@@ -17,6 +17,7 @@ not written by ``reserve``; the caller records it with ``record()``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -260,6 +261,23 @@ class Ledger:
         of the same request is a no-op.
         """
         return await self._finish(hold, record)
+
+    def settle_now(self, hold: Hold, record: CallRecord) -> asyncio.Future[list[int]] | None:
+        """``settle`` written at once, in this event-loop turn, when that needs no waiting.
+
+        That is when the SQLite hot path's shared transaction is open (under load it nearly
+        always is; see ``sqlite_batch``). Returns a future of the ids of the alerts it created,
+        done once committed (``alerts_by_id`` loads them); if it fails, the commit failed and
+        nothing was written: call ``settle``. None when it cannot be written at once
+        (PostgreSQL, ``full`` SQLite, no open transaction): call ``settle``.
+        """
+        if self._fast is None or record.request_id != hold.request_id:
+            return None
+        return self._fast.settle_now(hold, record, self._by_name, self._now())
+
+    async def alerts_by_id(self, ids: Sequence[int]) -> list[Alert]:
+        """The alerts with these ids (from ``settle_now``), by id."""
+        return await alerts.alerts_by_id(self._db, ids)
 
     async def release(self, hold: Hold, record: CallRecord | None = None) -> list[Alert]:
         """Free a hold without a successful call; write ``record`` (failed/cancelled) if given.

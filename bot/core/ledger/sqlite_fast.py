@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -54,6 +55,7 @@ from bot.core.types import CallRecord
 __all__ = ["ChargedRow", "DuplicateHold", "FastSqlite", "Refusal", "RowBudget", "reserve_tx", "settle_tx"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # The money of the budget rows a call reserves against, with the override in force on each (an
 # exact key first, then "*"; see store.pick_limit). Read inside the write lock, so an admin's
@@ -73,6 +75,7 @@ _RESERVE_ROW = (
     "UPDATE budget_periods SET reserved_nano_usd = reserved_nano_usd + ?, limit_nano_usd = ? WHERE id = ?"
 )
 _COST_INDEX = CALL_COLUMNS.index("cost_nano_usd")
+_CREATED_AT_INDEX = CALL_COLUMNS.index("created_at")
 _INSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))}) "
     "ON CONFLICT (request_id) DO NOTHING RETURNING id"
@@ -218,6 +221,18 @@ def settle_tx(
     return ids
 
 
+def _settle_args(
+    call: tuple[Any, ...] | None, hold: Hold, budgets: Mapping[str, BudgetConfig], created_at: Any
+) -> tuple[Any, ...]:
+    """``settle_tx``'s arguments after the connection."""
+    spend = 0 if call is None else call[_COST_INDEX]
+
+    def values(rows: Sequence[ChargedRow]) -> list[dict[str, Any]]:
+        return alert_values(rows, budgets, created_at)  # pure: safe in the database thread
+
+    return call, spend, hold.id, hold.budget_period_ids, values
+
+
 def _as_stored(value: datetime) -> str:
     """A ``UTCDateTime`` as SQLite stores it: naive UTC text, microseconds always written."""
     if value.tzinfo is None:
@@ -279,9 +294,9 @@ class FastSqlite:
 
     def call_row(self, record: CallRecord) -> tuple[Any, ...]:
         """The calls row of ``record`` as ``settle_tx`` inserts it."""
-        params = call_params(record)
-        params["created_at"] = self.stored(params["created_at"])
-        return tuple(params[c] for c in CALL_COLUMNS)
+        values = list(call_params(record).values())  # in CALL_COLUMNS order (a test checks)
+        values[_CREATED_AT_INDEX] = self.stored(values[_CREATED_AT_INDEX])
+        return tuple(values)
 
     def commit_pending(self) -> None:
         """Commit the loop's shared transaction now, if one is open (``Database.read`` calls it)."""
@@ -337,6 +352,37 @@ class FastSqlite:
                 raise ValueError(f"request_id '{hold.request_id}' already has a hold") from None
             raise
 
+    def settle_now(
+        self, hold: Hold, record: CallRecord, budgets: Mapping[str, BudgetConfig], now: datetime
+    ) -> asyncio.Future[list[int]] | None:
+        """``settle_tx`` at once, in the loop's open shared transaction, if one is open.
+
+        Returns a future of the ids of the alerts it created, done once committed (failed if the
+        commit failed: nothing was written). None when no shared transaction is open or the
+        write failed there (then use ``settle``).
+        """
+        if self.batches is None or not self.batches.is_open:
+            return None
+        call = self.call_row(record)
+        try:
+            ids, committed = self.batches.write(
+                settle_tx, *_settle_args(call, hold, budgets, self.stored(now))
+            )
+        except Exception:  # the shared transaction is lost with it; ``settle`` will retry alone
+            log.warning("a settle failed in the shared transaction; writing it again", exc_info=True)
+            return None
+        alert_ids: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+        def done(commit: asyncio.Future[None]) -> None:
+            error = asyncio.CancelledError() if commit.cancelled() else commit.exception()
+            if error is not None:
+                alert_ids.set_exception(error)
+            else:
+                alert_ids.set_result(ids)
+
+        committed.add_done_callback(done)
+        return alert_ids
+
     async def settle(
         self,
         gate: Gate,
@@ -347,13 +393,7 @@ class FastSqlite:
     ) -> list[int]:
         """``settle_tx``, committed; returns the ids of the alerts it created."""
         call = None if record is None else self.call_row(record)
-        spend = 0 if call is None else call[_COST_INDEX]
-        created_at = self.stored(now)
-
-        def values(rows: Sequence[ChargedRow]) -> list[dict[str, Any]]:
-            return alert_values(rows, budgets, created_at)  # pure: safe in the database thread
-
-        return await self.run(gate, settle_tx, call, spend, hold.id, hold.budget_period_ids, values)
+        return await self.run(gate, settle_tx, *_settle_args(call, hold, budgets, self.stored(now)))
 
     async def close(self) -> None:
         """Commit what is pending and close the connections (they reopen on next use)."""
