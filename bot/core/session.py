@@ -3,7 +3,8 @@
 The flow of one call: validate → resolve the model → count input tokens → price the worst case →
 reserve it on the session budget and on every persistent budget (all or nothing) → call the
 provider → price the usage it reported → answer, while the settle (ledger row, alerts,
-observers) runs right after in its own task (``bot.core.pending``); on any failure or
+observers) is written at once or runs right after in its own task (``bot.core.accounting``,
+``bot.core.pending``); on any failure or
 cancellation the hold is released before the error is raised. A refused call costs nothing and
 is recorded as refused.
 """

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
-from bot.core.ledger import alerts, queries, sqlite_fast, store
+from bot.core.ledger import alerts, queries, sqlite_fast, sqlite_tx, store
 from bot.core.ledger.database import Database
 from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
@@ -223,12 +223,12 @@ class Ledger:
         """``_try_reserve`` on SQLite when every target's row id is known (see ``sqlite_fast``)."""
         limits = self._limit_nanos
         rows = {
-            i: sqlite_fast.RowBudget(t.budget.name, t.scope_key, limits[t.budget.name])
+            i: sqlite_tx.RowBudget(t.budget.name, t.scope_key, limits[t.budget.name])
             for i, t in target_of.items()
         }
         try:
             await fast.reserve(self._db.write_gate, hold, nanos, rows)
-        except sqlite_fast.Refusal as r:
+        except sqlite_tx.Refusal as r:
             raise self._refusal(target_of[r.row_id], nanos, r.limit, r.spent, r.reserved) from None
         return hold
 
@@ -294,7 +294,7 @@ class Ledger:
             )
         now = self._now()
         if self._fast is not None:
-            # The same statements as below, as one plain function (see sqlite_fast.settle_tx).
+            # The same statements as below, as one plain function (see sqlite_tx.settle_tx).
             ids = await self._fast.settle(self._db.write_gate, hold, record, self._by_name, now)
             return await alerts.alerts_by_id(self._db, ids)
         async with self._db.write() as conn:

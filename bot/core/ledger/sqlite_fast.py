@@ -1,4 +1,4 @@
-"""SQLite hot path: a whole reserve or settle transaction as one plain ``sqlite3`` function call.
+"""SQLite hot path: where a reserve or settle transaction (``sqlite_tx``) runs, as plain ``sqlite3``.
 
 Why: through SQLAlchemy + aiosqlite every statement costs 3–4 hops between the event loop and
 aiosqlite's thread (cursor, execute, fetch, close), each ~0.1–0.2 ms of event-loop and GIL
@@ -11,11 +11,10 @@ error). The guarantees are unchanged:
 - one writer at a time: ``BEGIN IMMEDIATE`` takes SQLite's write lock before the first read
   (other processes wait in ``busy_timeout``), and callers in this process hold the database's
   write gate (``Database.write_gate``) around it, exactly as for SQLAlchemy transactions;
-- all or nothing: any exception, a refusal included, rolls the write back (its transaction, or
-  its savepoint in the loop's shared transaction) before it returns, so a cancelled caller can
-  never leave a transaction open on these connections;
-- the statements and their order are ``store.py``'s (hold first, budget rows in ``lock_order``,
-  the calls row's unique request_id makes a second settle a no-op, deleting the hold is the claim).
+- all or nothing: in a thread, any exception rolls the transaction back before it returns; on
+  the loop, a refusal writes nothing and any other exception rolls back the whole shared
+  transaction (``sqlite_batch``), so no caller can leave half a write or an open transaction;
+- the statements and their order are ``store.py``'s (``sqlite_tx``).
 
 Where the function runs depends on ``synchronous``. Under ``FULL`` a commit waits for an fsync,
 so it runs in the thread of a dedicated aiosqlite connection. Under ``NORMAL`` (the default, see
@@ -33,204 +32,28 @@ API; aiosqlite has had it, unchanged, since its first releases.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy.engine import Dialect
 
 from bot.core.config import BudgetConfig
-from bot.core.ledger.alerts import alert_values
 from bot.core.ledger.database import SqliteSetup
 from bot.core.ledger.models import Hold
-from bot.core.ledger.schema import CALL_COLUMNS, UTCDateTime
-from bot.core.ledger.sqlite_batch import Gate, LoopBatches, NothingWritten
-from bot.core.ledger.store import call_params, lock_order
+from bot.core.ledger.schema import UTCDateTime
+from bot.core.ledger.sqlite_batch import Gate, LoopBatches
+from bot.core.ledger.sqlite_tx import CALL_CREATED_AT_INDEX, RowBudget, reserve_tx, settle_args, settle_tx
+from bot.core.ledger.store import call_params
 from bot.core.types import CallRecord
 
-__all__ = ["ChargedRow", "DuplicateHold", "FastSqlite", "Refusal", "RowBudget", "reserve_tx", "settle_tx"]
+__all__ = ["FastSqlite"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-# The money of the budget rows a call reserves against, with the override in force on each (an
-# exact key first, then "*"; see store.pick_limit). Read inside the write lock, so an admin's
-# change committed by any process applies at once, and checked before anything is written.
-_RESERVE_CHECK = (
-    "SELECT bp.id, bp.spent_nano_usd, bp.reserved_nano_usd, COALESCE("
-    "(SELECT o.limit_nano_usd FROM budget_overrides o WHERE o.budget = bp.budget AND o.scope_key = bp.scope_key), "
-    "(SELECT o.limit_nano_usd FROM budget_overrides o WHERE o.budget = bp.budget AND o.scope_key = '*')) "
-    "FROM budget_periods bp WHERE bp.id IN ({})"
-)
-_INSERT_HOLD = (
-    "INSERT INTO holds (id, request_id, amount_nano_usd, created_at, expires_at) VALUES (?, ?, ?, ?, ?)"
-)
-_INSERT_HOLD_ITEM = "INSERT INTO hold_items (hold_id, budget_period_id) VALUES (?, ?)"
-# The check was made above, under the same lock: here only the write (and the limit in force).
-_RESERVE_ROW = (
-    "UPDATE budget_periods SET reserved_nano_usd = reserved_nano_usd + ?, limit_nano_usd = ? WHERE id = ?"
-)
-_COST_INDEX = CALL_COLUMNS.index("cost_nano_usd")
-_CREATED_AT_INDEX = CALL_COLUMNS.index("created_at")
-_INSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))}) "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING id"
-)
-_DELETE_HOLD = "DELETE FROM holds WHERE id = ? RETURNING amount_nano_usd"
-_DELETE_HOLD_ITEMS = "DELETE FROM hold_items WHERE hold_id = ? RETURNING budget_period_id"
-# Same as store._CHARGE_ROW, for all the hold's rows at once (SQLite has one writer: no lock
-# order to keep): reserved is clamped at zero, spent grows, no limit check.
-_CHARGE_ROWS = (
-    "UPDATE budget_periods SET reserved_nano_usd = CASE WHEN reserved_nano_usd > ? "
-    "THEN reserved_nano_usd - ? ELSE 0 END, spent_nano_usd = spent_nano_usd + ? WHERE id IN ({}) "
-    "RETURNING id, budget, scope, scope_key, period, period_start, spent_nano_usd, limit_nano_usd"
-)
-_ALERT_COLUMNS = (
-    "budget",
-    "scope",
-    "scope_key",
-    "period",
-    "period_start",
-    "threshold",
-    "kind",
-    "fraction",
-    "spent_nano_usd",
-    "limit_nano_usd",
-    "channel",
-    "created_at",
-    "attempts",
-)
-_INSERT_ALERT = (
-    f"INSERT INTO alerts ({', '.join(_ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(_ALERT_COLUMNS))}) "
-    "ON CONFLICT (budget, scope, scope_key, period, period_start, threshold) DO NOTHING RETURNING id"
-)
-
-
-class Refusal(NothingWritten):
-    """A budget row lacks room: raised before the reserve writes anything."""
-
-    def __init__(self, row_id: int, limit: int, spent: int, reserved: int) -> None:
-        super().__init__(row_id, limit, spent, reserved)
-        self.row_id, self.limit, self.spent, self.reserved = row_id, limit, spent, reserved
-
-
-class DuplicateHold(NothingWritten, sqlite3.IntegrityError):
-    """The request_id already has a hold: the hold's INSERT, the reserve's first write, failed."""
-
-
-class RowBudget(NamedTuple):
-    """What picks a budget row's limit: its budget's name, its scope key, the configured limit."""
-
-    budget: str
-    scope_key: str
-    config_limit: int
-
-
-class ChargedRow(NamedTuple):
-    """A budget row after a charge: what ``alerts.alert_values`` needs (period_start as stored)."""
-
-    id: int
-    budget: str
-    scope: str
-    scope_key: str
-    period: str
-    period_start: Any
-    spent_nano_usd: int
-    limit_nano_usd: int
-
-
-#: Builds alert rows (dicts of ``_ALERT_COLUMNS``) from charged rows: ``alerts.alert_values``.
-AlertValues = Callable[[Sequence[ChargedRow]], list[dict[str, Any]]]
-
-
-@functools.cache
-def _placeholders(count: int) -> str:
-    return ", ".join("?" * count)
-
-
-def reserve_tx(
-    conn: sqlite3.Connection, hold: tuple[str, str, int, str, str], rows: Mapping[int, RowBudget]
-) -> None:
-    """Check every budget row has room, then insert the hold and its items and reserve on each.
-
-    ``hold`` is (id, request_id, amount, created_at, expires_at) with datetimes already as stored.
-    Raises ``Refusal`` for the first row (in lock order) without room and ``DuplicateHold`` for a
-    request_id that has one: both before anything is written (``NothingWritten``), so the loop's
-    shared transaction goes on without a savepoint (``sqlite_batch``).
-    """
-    amount = hold[2]
-    row_ids = lock_order(rows)
-    limits: dict[int, int] = {}
-    if row_ids:
-        money = {
-            r[0]: r[1:] for r in conn.execute(_RESERVE_CHECK.format(_placeholders(len(row_ids))), row_ids)
-        }
-        for row_id in row_ids:
-            spent, reserved, override = money[row_id]
-            limit = rows[row_id].config_limit if override is None else int(override)
-            if spent + reserved + amount > limit:
-                raise Refusal(row_id, limit, int(spent), int(reserved))
-            limits[row_id] = limit
-    try:
-        conn.execute(_INSERT_HOLD, hold)
-    except sqlite3.IntegrityError as exc:
-        raise DuplicateHold(*exc.args) from exc
-    hold_id = hold[0]
-    conn.executemany(_INSERT_HOLD_ITEM, [(hold_id, i) for i in row_ids])
-    conn.executemany(_RESERVE_ROW, [(amount, limits[i], i) for i in row_ids])
-
-
-def settle_tx(
-    conn: sqlite3.Connection,
-    call: tuple[Any, ...] | None,
-    spend: int,
-    hold_id: str,
-    fallback_rows: Sequence[int],
-    alert_values: AlertValues,
-) -> list[int]:
-    """Write the calls row, claim the hold, charge its rows and queue alerts; return new alert ids.
-
-    ``call`` holds the calls row's values in ``_INSERT_CALL`` order (None: no row to write);
-    ``spend`` is charged only if that row is new, so a repeated settle charges nothing.
-    ``fallback_rows`` are the hold's rows, charged when the hold was already swept.
-    """
-    if call is not None and conn.execute(_INSERT_CALL, call).fetchone() is None:
-        spend = 0
-    claimed = conn.execute(_DELETE_HOLD, (hold_id,)).fetchone()
-    if claimed is not None:
-        held = int(claimed[0])
-        row_ids = [int(r[0]) for r in conn.execute(_DELETE_HOLD_ITEMS, (hold_id,))]
-    else:
-        held, row_ids = 0, list(fallback_rows)
-    if not row_ids or (held == 0 and spend == 0):
-        return []
-    update = _CHARGE_ROWS.format(_placeholders(len(row_ids)))
-    charged = [ChargedRow(*row) for row in conn.execute(update, (held, held, spend, *row_ids))]
-    if spend == 0:
-        return []
-    charged.sort(key=lambda row: row.id, reverse=True)  # lock order, as store.charge_rows returns them
-    ids = []
-    for values in alert_values(charged):
-        row = conn.execute(_INSERT_ALERT, [values[c] for c in _ALERT_COLUMNS]).fetchone()
-        if row is not None:
-            ids.append(int(row[0]))
-    return ids
-
-
-def _settle_args(
-    call: tuple[Any, ...] | None, hold: Hold, budgets: Mapping[str, BudgetConfig], created_at: Any
-) -> tuple[Any, ...]:
-    """``settle_tx``'s arguments after the connection."""
-    spend = 0 if call is None else call[_COST_INDEX]
-
-    def values(rows: Sequence[ChargedRow]) -> list[dict[str, Any]]:
-        return alert_values(rows, budgets, created_at)  # pure: safe in the database thread
-
-    return call, spend, hold.id, hold.budget_period_ids, values
 
 
 def _as_stored(value: datetime) -> str:
@@ -295,7 +118,7 @@ class FastSqlite:
     def call_row(self, record: CallRecord) -> tuple[Any, ...]:
         """The calls row of ``record`` as ``settle_tx`` inserts it."""
         values = list(call_params(record).values())  # in CALL_COLUMNS order (a test checks)
-        values[_CREATED_AT_INDEX] = self.stored(values[_CREATED_AT_INDEX])
+        values[CALL_CREATED_AT_INDEX] = self.stored(values[CALL_CREATED_AT_INDEX])
         return tuple(values)
 
     def commit_pending(self) -> None:
@@ -366,7 +189,7 @@ class FastSqlite:
         call = self.call_row(record)
         try:
             ids, committed = self.batches.write(
-                settle_tx, *_settle_args(call, hold, budgets, self.stored(now))
+                settle_tx, *settle_args(call, hold, budgets, self.stored(now))
             )
         except Exception:  # the shared transaction is lost with it; ``settle`` will retry alone
             log.warning("a settle failed in the shared transaction; writing it again", exc_info=True)
@@ -393,7 +216,7 @@ class FastSqlite:
     ) -> list[int]:
         """``settle_tx``, committed; returns the ids of the alerts it created."""
         call = None if record is None else self.call_row(record)
-        return await self.run(gate, settle_tx, *_settle_args(call, hold, budgets, self.stored(now)))
+        return await self.run(gate, settle_tx, *settle_args(call, hold, budgets, self.stored(now)))
 
     async def close(self) -> None:
         """Commit what is pending and close the connections (they reopen on next use)."""
