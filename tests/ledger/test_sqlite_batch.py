@@ -250,3 +250,25 @@ async def test_a_settle_written_at_once_is_written_again_if_its_transaction_is_l
 def test_call_params_are_in_the_calls_columns_order() -> None:
     """``FastSqlite.call_row`` relies on it."""
     assert tuple(call_params(record("r1"))) == CALL_COLUMNS
+
+
+async def test_two_ledgers_on_one_file_share_it_through_sqlites_lock(tmp_path: Path) -> None:
+    """Two replicas' ledgers (here in one process, each with its own connections): while one holds
+    its loop turn's transaction, the other's writes wait in a thread, and nothing is lost."""
+    first = await open_ledger(tmp_path / "l.db", limit="100")
+    second = await open_ledger(tmp_path / "l.db", limit="100")
+    try:
+        await warm(first)  # the second's first reserve finds its rows through SQLAlchemy
+
+        async def call(ledger: Ledger, rid: str) -> None:
+            hold = await reserve(ledger, rid, "0.5")
+            await asyncio.sleep(0)
+            await ledger.settle(hold, record(hold, "0.25"))
+
+        await asyncio.gather(*(call(first if i % 2 else second, f"r{i}") for i in range(40)))
+        [status] = await first.status(ALICE)
+        assert (status.spent, status.reserved) == (Decimal("10"), Decimal(0))
+        assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(41,)]
+    finally:
+        await first.close()
+        await second.close()
