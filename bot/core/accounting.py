@@ -65,9 +65,9 @@ class LedgerPort(Protocol):
     async def claim_request(self, request_id: str) -> None:
         """Claim an idempotency key, or raise ``DuplicateRequestError``."""
 
-    def settle_now(self, hold: Any, record: CallRecord) -> asyncio.Future[list[int]] | None:
-        """``settle`` written at once if that needs no waiting: a future of the new alerts' ids,
-        done once committed (failed: nothing was written); None: use ``settle``."""
+    def settle_now(self, hold: Any, record: CallRecord) -> tuple[Sequence[int], asyncio.Future[None]] | None:
+        """``settle`` written at once if that needs no waiting: the new alerts' ids and the future
+        of the commit (failed: nothing was written); None: use ``settle``."""
 
     async def alerts_by_id(self, ids: Sequence[int]) -> Sequence[Any]:
         """The alerts ``settle_now`` created."""
@@ -240,17 +240,20 @@ class Accountant:
         if written is None:
             self._pending.start(self._commit(record, hold, settle=True))
             return
-        self._pending.track(written)
-        written.add_done_callback(functools.partial(self._settled_now, record, hold))
+        alert_ids, committed = written
+        self._pending.track(committed)
+        committed.add_done_callback(functools.partial(self._settled_now, record, hold, alert_ids))
 
-    def _settled_now(self, record: CallRecord, hold: Any, written: asyncio.Future[list[int]]) -> None:
+    def _settled_now(
+        self, record: CallRecord, hold: Any, alert_ids: Sequence[int], committed: asyncio.Future[None]
+    ) -> None:
         """``settle_now``'s commit is done: tell the observers, or write it again if it failed."""
-        if written.cancelled() or written.exception() is not None:
+        if committed.cancelled() or committed.exception() is not None:
             # Nothing was written (the shared transaction was lost): the ordinary way, with its
             # retries. A settle is idempotent per request, so this can never charge twice.
             self._pending.start(self._commit(record, hold, settle=True))
         elif self._observers:
-            self._pending.start(self._tell_observers_of(record, written.result()))
+            self._pending.start(self._tell_observers_of(record, alert_ids))
 
     async def charge_failure(
         self,

@@ -51,8 +51,9 @@ class PendingWrites:
         Whoever made it handles the result (``written``'s own callbacks run before ``flush``
         resumes, so a write they start then is waited for too).
         """
-        self._futures.add(written)
-        written.add_done_callback(self._futures.discard)
+        if written not in self._futures:  # the writes of one shared commit share its future
+            self._futures.add(written)
+            written.add_done_callback(self._futures.discard)
 
     def __len__(self) -> int:
         """How many writes are in flight."""

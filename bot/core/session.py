@@ -66,7 +66,7 @@ class LLMSession:
         given none tracks its own and waits for them when it ends."""
         self.defaults = defaults or SessionDefaults()
         self.principal = principal or Principal.cli()
-        self.session_id = new_request_id()
+        self._session_id: str | None = None
         self.dry_run = dry_run
         self._router = router
         self._addons = list(addons)
@@ -82,6 +82,13 @@ class LLMSession:
         self._started_at: datetime | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """A unique id for this session (made on first use: most sessions never need one)."""
+        if self._session_id is None:
+            self._session_id = new_request_id()
+        return self._session_id
 
     async def __aenter__(self) -> Self:
         self._started, self._started_at, self._ended = time.monotonic(), datetime.now(UTC), None
@@ -194,12 +201,14 @@ class LLMSession:
             counted.tokens,
             worst,
         )
-        await self._run_hooks("before_call", ctx)
+        if self._addons:
+            await self._run_hooks("before_call", ctx)
         hold = await self._accounts.reserve(ctx, claim_request_id=caller_key)
         request = ChatRequest(messages, upstream, max_tokens, temperature, on_text)
         result = await self._call(provider, request, ctx, hold, exact_input=counted.exact)
         await self.alerts.check(self.costs.spent, self.costs.budget)
-        await self._run_hooks("after_call", ctx, result)
+        if self._addons:
+            await self._run_hooks("after_call", ctx, result)
         return result
 
     async def batch_generate(

@@ -8,6 +8,7 @@ which verifies their SHA-256 exactly as tiktoken does for a download.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import threading
@@ -127,9 +128,15 @@ def count_chat_tokens(messages: Sequence[Message], model: str) -> int:
     total = 3
     for message in messages:
         total += 3
-        total += len(enc.encode(message.role, disallowed_special=()))
+        total += _role_tokens(enc, message.role)
         total += len(enc.encode(message.content, disallowed_special=()))
     return total
+
+
+@functools.lru_cache(maxsize=64)
+def _role_tokens(enc: tiktoken.Encoding, role: str) -> int:
+    """Tokens of a role name: a handful of roles, counted on every call."""
+    return len(enc.encode(role, disallowed_special=()))
 
 
 #: Tokenizers we cannot run locally (Claude's, a self-hosted model's) are estimated with cl100k

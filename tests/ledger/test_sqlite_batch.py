@@ -204,9 +204,11 @@ async def test_a_settle_is_written_at_once_into_the_open_transaction(tmp_path: P
         await warm(ledger)
         hold = await reserve(ledger, "r1")  # opens the shared transaction for this loop turn
         written = ledger.settle_now(hold, record(hold, "0.02"))
-        assert written is not None and not written.done()
+        assert written is not None
+        alert_ids, committed = written
+        assert alert_ids == [] and not committed.done()  # no alert threshold crossed
         assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(1,)]  # not committed yet
-        assert await written == []  # committed at the start of the next turn: no alert crossed
+        await committed  # at the start of the next turn
         assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(2,)]
         other = await reserve(ledger, "r2")
         await asyncio.sleep(0)  # its transaction commits; none is open now

@@ -262,12 +262,12 @@ class Ledger:
         """
         return await self._finish(hold, record)
 
-    def settle_now(self, hold: Hold, record: CallRecord) -> asyncio.Future[list[int]] | None:
+    def settle_now(self, hold: Hold, record: CallRecord) -> tuple[list[int], asyncio.Future[None]] | None:
         """``settle`` written at once, in this event-loop turn, when that needs no waiting.
 
         That is when the SQLite hot path's shared transaction is open (under load it nearly
-        always is; see ``sqlite_batch``). Returns a future of the ids of the alerts it created,
-        done once committed (``alerts_by_id`` loads them); if it fails, the commit failed and
+        always is; see ``sqlite_batch``). Returns the ids of the alerts it created
+        (``alerts_by_id`` loads them once committed) and the future of the commit; if that fails,
         nothing was written: call ``settle``. None when it cannot be written at once
         (PostgreSQL, ``full`` SQLite, no open transaction): call ``settle``.
         """

@@ -177,34 +177,21 @@ class FastSqlite:
 
     def settle_now(
         self, hold: Hold, record: CallRecord, budgets: Mapping[str, BudgetConfig], now: datetime
-    ) -> asyncio.Future[list[int]] | None:
+    ) -> tuple[list[int], asyncio.Future[None]] | None:
         """``settle_tx`` at once, in the loop's open shared transaction, if one is open.
 
-        Returns a future of the ids of the alerts it created, done once committed (failed if the
-        commit failed: nothing was written). None when no shared transaction is open or the
-        write failed there (then use ``settle``).
+        Returns the ids of the alerts it created and the future of the shared commit (failed if
+        the commit failed: then nothing was written). None when no shared transaction is open or
+        the write failed there (then use ``settle``).
         """
         if self.batches is None or not self.batches.is_open:
             return None
         call = self.call_row(record)
         try:
-            ids, committed = self.batches.write(
-                settle_tx, *settle_args(call, hold, budgets, self.stored(now))
-            )
+            return self.batches.write(settle_tx, *settle_args(call, hold, budgets, self.stored(now)))
         except Exception:  # the shared transaction is lost with it; ``settle`` will retry alone
             log.warning("a settle failed in the shared transaction; writing it again", exc_info=True)
             return None
-        alert_ids: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-
-        def done(commit: asyncio.Future[None]) -> None:
-            error = asyncio.CancelledError() if commit.cancelled() else commit.exception()
-            if error is not None:
-                alert_ids.set_exception(error)
-            else:
-                alert_ids.set_result(ids)
-
-        committed.add_done_callback(done)
-        return alert_ids
 
     async def settle(
         self,
