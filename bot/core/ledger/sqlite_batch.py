@@ -90,10 +90,7 @@ class LoopBatches:
         """
         if self._open is not None:
             return True
-        await gate.acquire()
-        if self._open is not None:  # pragma: no cover - the open batch holds the gate
-            gate.release()
-            return True
+        await gate.acquire()  # an open batch holds the gate: none is open once we have it
         try:
             self._connection().execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

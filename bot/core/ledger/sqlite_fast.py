@@ -186,11 +186,11 @@ class FastSqlite:
         """
         if self.batches is None or not self.batches.is_open:
             return None
-        call = self.call_row(record)
         try:
-            return self.batches.write(settle_tx, *settle_args(call, hold, budgets, self.stored(now)))
-        except Exception:  # the shared transaction is lost with it; ``settle`` will retry alone
-            log.warning("a settle failed in the shared transaction; writing it again", exc_info=True)
+            args = settle_args(self.call_row(record), hold, budgets, self.stored(now))
+            return self.batches.write(settle_tx, *args)
+        except Exception:  # never fail the answer here: ``settle`` retries it alone, and logs
+            log.warning("a settle could not be written at once; writing it alone", exc_info=True)
             return None
 
     async def settle(
