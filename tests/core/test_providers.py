@@ -55,6 +55,56 @@ async def test_openai_usage_with_cache_and_reasoning(
         assert body["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_request_is_what_the_sdks_create_sends(
+    factory: SessionFactory, fake: FakeUpstream, fake_env: dict[str, str], stream: bool
+) -> None:
+    """Our provider hands its own body to the SDK's ``post`` (no TypedDict walk): same wire request."""
+    import openai
+
+    messages = [Message("system", "Be brief."), Message("user", "Où est la gare ? 🚉")]
+    sink = request("gpt-4o-mini", stream=True).on_text if stream else None
+    reply = await factory.provider("openai").chat(ChatRequest(messages, "gpt-4o-mini", 32, 0.5, sink))
+    kwargs: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "max_completion_tokens": 32,
+        "temperature": 0.5,
+    }
+    client = openai.AsyncOpenAI(
+        api_key=fake_env["OPENAI_API_KEY"], base_url=fake.openai_base_url, max_retries=0, timeout=30
+    )
+    async with client:
+        if stream:
+            chunks = await client.chat.completions.create(
+                **kwargs,
+                stream=True,
+                stream_options={"include_usage": True},  # type: ignore[call-overload]
+            )
+            direct_text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+        else:
+            completion = await client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+            direct_text = completion.choices[0].message.content
+    ours, theirs = fake.requests_to(CHAT)
+    assert ours.json == theirs.json
+    assert (
+        ours.headers["authorization"]
+        == theirs.headers["authorization"]
+        == f"Bearer {fake_env['OPENAI_API_KEY']}"
+    )
+    same = {
+        "content-type",
+        "accept",
+        "content-length",
+        "user-agent",
+        "x-stainless-lang",
+        "x-stainless-package-version",
+    }
+    assert {k: ours.headers.get(k) for k in same} == {k: theirs.headers.get(k) for k in same}
+    assert set(same) <= set(ours.headers)
+    assert reply.text == direct_text and reply.usage is not None and reply.finish_reason == "stop"
+
+
 async def test_openai_count_matches_what_the_api_bills(factory: SessionFactory, fake: FakeUpstream) -> None:
     messages = [Message("system", "Answer in French."), Message("user", "Où est la gare ? 🚉")]
     provider = factory.provider("openai")

@@ -128,8 +128,10 @@ async def test_the_start_up_heap_is_frozen_once_the_sdks_are_loaded() -> None:
     import asyncio
     import gc
 
-    from bot.heap import freeze_when_ready
+    from bot.heap import YOUNG_THRESHOLD, freeze_when_ready
 
+    thresholds = gc.get_threshold()
+    gc.set_threshold(700, *thresholds[1:])
     ready = asyncio.Event()
     freeze = asyncio.create_task(freeze_when_ready(ready))
     try:
@@ -138,5 +140,22 @@ async def test_the_start_up_heap_is_frozen_once_the_sdks_are_loaded() -> None:
         ready.set()
         await asyncio.wait_for(freeze, timeout=30)
         assert gc.get_freeze_count() > 10_000  # everything alive at start-up
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *thresholds[1:])
     finally:
         gc.unfreeze()  # this test process keeps its collector as it was
+        gc.set_threshold(*thresholds)
+
+
+def test_an_operators_own_young_threshold_is_kept() -> None:
+    import gc
+
+    from bot.heap import YOUNG_THRESHOLD, freeze_startup_heap
+
+    thresholds = gc.get_threshold()
+    try:
+        gc.set_threshold(YOUNG_THRESHOLD * 5, *thresholds[1:])
+        freeze_startup_heap()
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD * 5
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
