@@ -92,6 +92,7 @@ def encoding_from_bytes(name: str, data: bytes) -> tiktoken.Encoding:
     )
 
 
+@functools.lru_cache(maxsize=256)  # asked on every call; tiktoken's lookup walks prefixes
 def encoding_name_for_model(model: str) -> str:
     """Return the encoding OpenAI uses for ``model`` (o200k_base for unknown and newer models)."""
     try:
