@@ -24,7 +24,7 @@ on it. A reserve does not: the SQLite write lock is held from its statements to 
 no other writer, in any process, can see or take the money it reserved meanwhile, and it is the
 hold's row that commits a moment later. If that commit fails (a full disk), the hold is gone
 with it, which is what the sweeper does to a crashed process's holds anyway: the call's settle
-then finds no hold and charges the budgets all the same (``settle_tx``'s fallback rows); until
+then finds no hold and charges the budgets all the same (the rows its ``Hold`` names); until
 then, other calls could take that money. Waiting for the commit in every reserve would close
 that gap for a failing disk, at ~0.13 ms of the loop's CPU per call at 50 in flight (measured).
 """
