@@ -40,8 +40,6 @@ from openai.types.chat import ChatCompletion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tests.fakes.loopback as loopback
-import tests.fakes.slack_api as slack_api
 from bot.core.config import AppConfig, BudgetConfig, DatabaseConfig
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
@@ -58,37 +56,6 @@ USER = Principal(surface="slack", team_id="T1", user_id="U1", channel_id="C1")
 TARGETS = {"added_p50_ms": 1.0, "added_p99_ms": 3.0, "throughput_ratio": 0.8, "ttft_added_p50_ms": 2.0}
 
 Call = Callable[[], Awaitable[Any]]
-
-
-def tcp_nodelay_fakes() -> None:
-    """Give the fakes' listening sockets ``proto=IPPROTO_TCP`` so their connections get TCP_NODELAY.
-
-    ``tests/fakes/loopback.py`` (and ``slack_api.py``) bind ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0), and asyncio
-    sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP. uvicorn writes a response's headers
-    and body separately, so Nagle plus the peer's delayed ACK then add ~40 ms to every response: a
-    fake artefact (uvicorn binding its own socket in production is not affected) that would swamp
-    every figure here. Call before starting any fake.
-    """
-    for module in (loopback, slack_api):
-        real = getattr(module, "socket", None)
-        if real is not None and not isinstance(real, _TcpSocketModule):
-            module.socket = _TcpSocketModule(real)  # type: ignore[attr-defined]
-
-
-class _TcpSocketModule:
-    """Stands in for the ``socket`` module inside ``tests.fakes.loopback``."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def socket(self, family: int = -1, kind: int = -1, proto: int = -1) -> Any:
-        """``socket.socket`` with TCP as the protocol of stream sockets."""
-        if kind == self._real.SOCK_STREAM and proto in (-1, 0):
-            proto = self._real.IPPROTO_TCP
-        return self._real.socket(family, kind, proto)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -287,8 +254,6 @@ async def profile(bench: Bench, calls: int, path: Path) -> str:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark; returns (and prints) the median figures and the target verdicts."""
-    if not args.keep_nagle:
-        tcp_nodelay_fakes()
     # The fake runs in its own process, as a real upstream would: in ours its thread shares the
     # GIL with the code measured (see FakeUpstreamProcess); --fake-in-thread keeps the old way.
     fake_server = FakeUpstream(api_key=KEY) if args.fake_in_thread else FakeUpstreamProcess(api_key=KEY)
@@ -370,9 +335,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fake-in-thread",
         action="store_true",
         help="run the fake upstream in a thread of this process (the first passes' method)",
-    )
-    parser.add_argument(
-        "--keep-nagle", action="store_true", help="leave the fakes without TCP_NODELAY (~40 ms stalls)"
     )
     return parser.parse_args(argv)
 

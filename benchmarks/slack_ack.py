@@ -34,7 +34,7 @@ from starlette.types import ASGIApp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core_overhead import percentile, tcp_nodelay_fakes  # this directory, first on sys.path
+from core_overhead import percentile  # this directory, first on sys.path
 
 from bot.core.config import AppConfig
 from bot.core.gateway import Gateway
@@ -145,8 +145,6 @@ async def run_once(args: argparse.Namespace, upstream: FakeUpstream, api: FakeSl
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``--repeat`` measurements; report each figure's median."""
-    if not args.keep_nagle:
-        tcp_nodelay_fakes()
     with FakeUpstream(api_key=KEY) as upstream, FakeSlackApi(token=BOT_TOKEN) as api:
         runs = []
         for n in range(args.repeat):
@@ -173,9 +171,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds (after one warm-up)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements; medians are reported")
     parser.add_argument("--json", help="also write the report as JSON here")
-    parser.add_argument(
-        "--keep-nagle", action="store_true", help="leave the fakes without TCP_NODELAY (~40 ms stalls)"
-    )
     return parser.parse_args(argv)
 
 
