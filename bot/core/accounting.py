@@ -3,7 +3,7 @@
 Every rule about money between "the call may start" and "the record is written" lives here, once:
 the session budget (``CostTracker``) and the persistent ledger are held together; a refusal is
 recorded at $0; a failure releases its hold; a broken stream is charged what was used; and every
-record reaches the ledger (retried on a passing database failure) and then the observers.
+record reaches the ledger (which retries a passing database failure) and then the observers.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ __all__ = ["Accountant", "CallContext", "CallObserver", "LedgerPort"]
 
 log = logging.getLogger(__name__)
 
-#: Tries at writing one record before giving up (a locked SQLite file, a PostgreSQL failover).
-_LEDGER_ATTEMPTS = 3
-
 
 def _record_for_log(record: CallRecord) -> dict[str, Any]:
     return {
@@ -45,6 +42,25 @@ def _record_for_log(record: CallRecord) -> dict[str, Any]:
     }
 
 
+class Settlement(Protocol):
+    """A ledger write under way (``bot.core.ledger.Settlement``): ``future`` gives its alerts."""
+
+    future: asyncio.Future[Any]
+
+    def __await__(self) -> Any:
+        """Wait for the write; return the alerts it created."""
+
+
+def _log_lost(record: CallRecord, exc: BaseException | None = None) -> None:
+    """Last resort when the ledger could not write a record after its retries: the full record
+    (no secrets in it) in the log, to be replayed by hand."""
+    log.critical(
+        "ledger write failed; call record follows",
+        extra={"record": _record_for_log(record)},
+        exc_info=exc if exc is not None else True,
+    )
+
+
 class LedgerPort(Protocol):
     """What a session needs from the persistent ledger (``bot.core.ledger.Ledger``)."""
 
@@ -53,10 +69,10 @@ class LedgerPort(Protocol):
     ) -> Any:
         """Hold ``amount`` on every applicable budget, or raise ``BudgetExceededError``."""
 
-    async def settle(self, hold: Any, record: CallRecord) -> Any:
-        """Charge the real cost in place of the hold and write the record; return new alerts."""
+    def settle(self, hold: Any, record: CallRecord) -> Settlement:
+        """Charge the real cost in place of the hold and write the record (at once or soon)."""
 
-    async def release(self, hold: Any, record: CallRecord | None = None) -> Any:
+    def release(self, hold: Any, record: CallRecord | None = None) -> Settlement:
         """Free the hold (charging a failed call's billed cost, if any) and write the record."""
 
     async def record(self, record: CallRecord) -> None:
@@ -64,13 +80,6 @@ class LedgerPort(Protocol):
 
     async def claim_request(self, request_id: str) -> None:
         """Claim an idempotency key, or raise ``DuplicateRequestError``."""
-
-    def settle_now(self, hold: Any, record: CallRecord) -> tuple[Sequence[int], asyncio.Future[None]] | None:
-        """``settle`` written at once if that needs no waiting: the new alerts' ids and the future
-        of the commit (failed: nothing was written); None: use ``settle``."""
-
-    async def alerts_by_id(self, ids: Sequence[int]) -> Sequence[Any]:
-        """The alerts ``settle_now`` created."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,15 +161,17 @@ class Accountant:
         await self._commit(record, None, settle=False)
 
     async def _commit(self, record: CallRecord, hold: Any, *, settle: bool) -> None:
-        """Write ``record`` to the ledger (settling or releasing ``hold``), then tell the observers."""
+        """Write ``record`` to the ledger (releasing ``hold``), then tell the observers."""
         alerts: Sequence[Any] = ()
         if self._ledger is not None:
-            alerts = await self._write_with_retries(record, hold, settle=settle)
-        await self._tell_observers(record, alerts)
-
-    async def _tell_observers_of(self, record: CallRecord, alert_ids: Sequence[int]) -> None:
-        """Tell the observers about a record ``settle_now`` wrote, with the alerts it created."""
-        alerts = await self._ledger.alerts_by_id(alert_ids) if alert_ids and self._ledger else ()
+            try:
+                if record.outcome == "refused":
+                    await self._ledger.record(record)
+                else:
+                    alerts = await self._ledger.release(hold, record)
+            except Exception:
+                _log_lost(record)
+                raise
         await self._tell_observers(record, alerts)
 
     async def _tell_observers(self, record: CallRecord, alerts: Sequence[Any]) -> None:
@@ -169,31 +180,6 @@ class Accountant:
                 await observer.on_call(record, list(alerts))
             except Exception:  # an observer (metrics, alert push) must never fail a call
                 log.exception("call observer failed", extra={"observer": type(observer).__name__})
-
-    async def _write_with_retries(self, record: CallRecord, hold: Any, *, settle: bool) -> Sequence[Any]:
-        """Write to the ledger, retrying a passing database failure: a record is never dropped quietly."""
-        assert self._ledger is not None
-        for attempt in range(_LEDGER_ATTEMPTS):
-            try:
-                if record.outcome == "refused":
-                    await self._ledger.record(record)
-                    return ()
-                if settle:
-                    return await self._ledger.settle(hold, record) or ()
-                return await self._ledger.release(hold, record) or ()
-            except (BotError, ValueError, TypeError):
-                raise  # our own refusal or a programming error: retrying cannot help
-            except Exception:
-                if attempt + 1 == _LEDGER_ATTEMPTS:
-                    # Last resort: the full record (no secrets in it) in the log, to be replayed.
-                    log.critical(
-                        "ledger write failed; call record follows",
-                        extra={"record": _record_for_log(record)},
-                        exc_info=True,
-                    )
-                    raise
-                await asyncio.sleep(0.05 * 2**attempt)
-        return ()  # pragma: no cover - the loop returns or raises
 
     @staticmethod
     def usage_of(
@@ -228,32 +214,27 @@ class Accountant:
     def settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
         """Charge the real cost in place of the hold; write the record and tell the observers.
 
-        The session's own figures change at once; the ledger write and the observers run in a
-        task of ``pending`` that the answer does not wait for (see ``bot.core.pending``), which a
-        caller hanging up cannot interrupt either.
+        The session's own figures change at once; the ledger write and the observers finish
+        after the answer, tracked by ``pending`` (see ``bot.core.pending``).
         """
         self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
         self.tokens.record(ctx.model, record.usage)
-        # Most often (SQLite, calls in flight) the write can be made right here, in this loop
-        # turn: no task at all until its commit, and then only if someone listens.
-        written = None if self._ledger is None else self._ledger.settle_now(hold, record)
-        if written is None:
-            self._pending.start(self._commit(record, hold, settle=True))
+        if self._ledger is None:
+            if self._observers:
+                self._pending.start(self._tell_observers(record, ()))
             return
-        alert_ids, committed = written
-        self._pending.track(committed)
-        committed.add_done_callback(functools.partial(self._settled_now, record, hold, alert_ids))
+        # Written at once when it can be (SQLite, calls in flight), else in a task of the ledger:
+        # either way the answer does not wait, and a caller hanging up cannot stop it.
+        written = self._ledger.settle(hold, record).future
+        self._pending.track(written)
+        written.add_done_callback(functools.partial(self._settled, record))
 
-    def _settled_now(
-        self, record: CallRecord, hold: Any, alert_ids: Sequence[int], committed: asyncio.Future[None]
-    ) -> None:
-        """``settle_now``'s commit is done: tell the observers, or write it again if it failed."""
-        if committed.cancelled() or committed.exception() is not None:
-            # Nothing was written (the shared transaction was lost): the ordinary way, with its
-            # retries. A settle is idempotent per request, so this can never charge twice.
-            self._pending.start(self._commit(record, hold, settle=True))
+    def _settled(self, record: CallRecord, written: asyncio.Future[Any]) -> None:
+        """The settle is committed (or failed after its retries): tell the observers."""
+        if written.cancelled() or written.exception() is not None:
+            _log_lost(record, written.exception() if not written.cancelled() else None)
         elif self._observers:
-            self._pending.start(self._tell_observers_of(record, alert_ids))
+            self._pending.start(self._tell_observers(record, written.result()))
 
     async def charge_failure(
         self,

@@ -5,9 +5,9 @@ observers) used to run before the caller got its answer. It adds nothing the cal
 cost is known before it, the hold keeps the worst case reserved until it commits, so no later
 call can overspend meanwhile, and it is retried on a passing database failure. So it runs as a
 task started at once, in the same event-loop turn: the answer is not delayed by it (~0.5 ms
-after an idle spell, docs/benchmarks.md), and a caller that hangs up cannot interrupt it. On the
-SQLite hot path it is often written right away instead, into the shared transaction of the loop
-turn (``Ledger.settle_now``), and only its commit is waited for (``track``).
+after an idle spell, docs/benchmarks.md), and a caller that hangs up cannot interrupt it. The ledger
+often writes it right away, into SQLite's shared transaction of the loop turn, and hands back
+the future of its commit (``Ledger.settle``), which is tracked here (``track``).
 
 What keeps that safe: whoever reads budgets or closes the core first waits for the writes in
 flight (``flush``), so a budget read after an answer sees its charge, and a shutdown (SIGTERM
@@ -42,7 +42,7 @@ class PendingWrites:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            # The writer has logged the record itself (Accountant._write_with_retries).
+            # The writer has logged the record itself (accounting._log_lost).
             log.error("a ledger write failed after its call answered", exc_info=task.exception())
 
     def track(self, written: asyncio.Future[Any]) -> None:

@@ -14,7 +14,7 @@ from bot.core.ledger.schema import alerts
 from bot.core.types import Principal
 from bot.jobs.delivery import SKIPPED_NO_CHANNEL
 from tests.conftest import fast_config
-from tests.ledger.conftest import FakeClock
+from tests.ledger.conftest import FakeClock, undelivered_alerts
 
 from .conftest import ALERTS, T0, MakeEnv, budget
 
@@ -42,7 +42,7 @@ async def test_threshold_and_exhausted_alerts_are_posted_once_with_figures(make_
     assert "exhausted" in posted[2]["text"] and "resets 2026-11-19 00:00 UTC" in posted[2]["text"]
     blocks = str(posted[2]["blocks"])
     assert "▓▓▓▓▓▓▓▓▓▓ 100%" in blocks and "*Limit*" in blocks and "*Resets*" in blocks
-    assert await env.ledger.pending_alerts() == []
+    assert await undelivered_alerts(env.ledger) == []
 
 
 async def test_reset_alert_once_when_a_new_period_starts(make_env: MakeEnv, clock: FakeClock) -> None:
@@ -101,18 +101,18 @@ async def test_delivery_survives_a_slack_outage(make_env: MakeEnv, clock: FakeCl
     env.api.inject("chat.postMessage", status=429, retry_after=0, times=2)  # past the client's 1 retry
     await env.charge("6")
     assert await env.runner.deliver_alerts_once() == 0
-    (pending,) = await env.ledger.pending_alerts()
+    (pending,) = await undelivered_alerts(env.ledger)
     assert pending.attempts == 1 and pending.last_error == "internal_error"
     assert pending.next_attempt_at == clock.now + timedelta(seconds=30)
     assert await env.runner.deliver_alerts_once() == 0  # not due yet: no request at all
     assert len(env.api.calls_to("chat.postMessage")) == 1
     clock.advance(seconds=30)
     assert await env.runner.deliver_alerts_once() == 0
-    (pending,) = await env.ledger.pending_alerts()
+    (pending,) = await undelivered_alerts(env.ledger)
     assert pending.attempts == 2 and pending.next_attempt_at == clock.now + timedelta(seconds=60)
     clock.advance(seconds=60)
     assert await env.runner.deliver_alerts_once() == 0  # rate limited twice (one client retry)
-    (pending,) = await env.ledger.pending_alerts()
+    (pending,) = await undelivered_alerts(env.ledger)
     assert pending.attempts == 3 and pending.last_error == "ratelimited"
     clock.advance(seconds=120)
     assert await env.runner.deliver_alerts_once() == 1
@@ -127,7 +127,7 @@ async def test_slack_unreachable_is_retried(make_env: MakeEnv, clock: FakeClock)
     env.runner.delivery._slack.base_url = "http://127.0.0.1:9/api/"  # type: ignore[union-attr]
     await env.charge("6")
     assert await env.runner.deliver_alerts_once() == 0
-    (pending,) = await env.ledger.pending_alerts()
+    (pending,) = await undelivered_alerts(env.ledger)
     assert pending.attempts == 1 and pending.last_error and "Error" in pending.last_error
 
 
@@ -135,7 +135,7 @@ async def test_alert_without_channel_is_closed_as_skipped(make_env: MakeEnv) -> 
     env = await make_env([budget("silent", "10", channel=None)])
     await env.charge("10")
     assert await env.runner.deliver_alerts_once() == 0
-    assert env.api.calls == [] and await env.ledger.pending_alerts() == []
+    assert env.api.calls == [] and await undelivered_alerts(env.ledger) == []
     async with env.ledger._db.read() as conn:
         errors = (await conn.execute(sa.select(alerts.c.last_error, alerts.c.attempts))).all()
     assert [tuple(r) for r in errors] == [(SKIPPED_NO_CHANNEL, 0)] * 3
@@ -145,7 +145,7 @@ async def test_without_slack_alerts_stay_pending(make_env: MakeEnv) -> None:
     env = await make_env([budget("team", "10")], slack=False)
     await env.charge("6")
     assert await env.runner.deliver_alerts_once() == 0
-    assert len(await env.ledger.pending_alerts()) == 1
+    assert len(await undelivered_alerts(env.ledger)) == 1
 
 
 async def test_two_replicas_deliver_each_alert_exactly_once(make_env: MakeEnv) -> None:
@@ -154,12 +154,12 @@ async def test_two_replicas_deliver_each_alert_exactly_once(make_env: MakeEnv) -
     users = [Principal(surface="slack", team_id="T1", user_id=f"U{i}") for i in range(20)]
     for user in users:
         await first.charge("1", principal=user)  # 50%, 80%, 100% each: 60 alerts
-    assert len(await first.ledger.pending_alerts(1000)) == 60
+    assert len(await undelivered_alerts(first.ledger, 1000)) == 60
     sent = await asyncio.gather(*(r.runner.deliver_alerts_once() for r in (first, second, first, second)))
     assert sum(sent) == 60
     ids = alert_ids(first.posted())
     assert len(ids) == 60 and len(set(ids)) == 60
-    assert await second.ledger.pending_alerts() == []
+    assert await undelivered_alerts(second.ledger) == []
 
 
 async def test_a_crossing_call_pushes_its_alert_at_once(make_env: MakeEnv, fake_env: dict[str, str]) -> None:

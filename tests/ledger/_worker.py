@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 from collections.abc import Sequence
@@ -116,7 +117,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     budgets = [BudgetConfig(**b) for b in json.loads(args.budgets)]
-    config = DatabaseConfig(url=args.url, reservation_ttl_seconds=args.ttl)
+    # The test's driver: SQLite's writer on the loop (normal) or in its thread (full).
+    synchronous = "full" if os.environ.get("BOT_TEST_SQLITE_SYNCHRONOUS") == "full" else "normal"
+    config = DatabaseConfig(url=args.url, reservation_ttl_seconds=args.ttl, sqlite_synchronous=synchronous)
     async with await Ledger.open(config, budgets) as ledger:
         await (contend if args.mode == "contend" else loop)(ledger, args)
 

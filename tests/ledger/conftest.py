@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.core.config import BudgetConfig, DatabaseConfig
-from bot.core.ledger import Hold, Ledger
-from bot.core.ledger.schema import LEDGER_TABLES
+from bot.core.ledger import Alert, Hold, Ledger
+from bot.core.ledger.alerts import row_to_alert
+from bot.core.ledger.schema import LEDGER_TABLES, alerts
 from bot.core.types import CallRecord, Outcome, Principal, Usage
 
 PG_DSN = os.environ.get("BOT_TEST_POSTGRES_DSN")
@@ -84,23 +86,60 @@ async def drop_ledger_tables(dsn: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def ledger_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """A database URL for an empty ledger: a SQLite file, or the PostgreSQL test database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/ledger/bot.db"
-    if not PG_DSN:
-        pytest.skip(SKIP_PG)
-    await drop_ledger_tables(PG_DSN)
-    return PG_DSN
+@dataclass(frozen=True)
+class LedgerDriver:
+    """One way the ledger runs: a database URL and SQLite's ``synchronous`` (which picks where
+    the SQLite writer runs its transactions)."""
+
+    name: str
+    url: str
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+#: The drivers every ledger contract test runs on: SQLite's writer on the event loop (the
+#: default), in its thread (``full``), with URL query options, and PostgreSQL.
+DRIVERS = [
+    "sqlite-loop",
+    "sqlite-thread",
+    "sqlite-url-options",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+#: Read by the multi-process tests' worker (``_worker.py``), so it runs the same driver.
+SYNCHRONOUS_ENV = "BOT_TEST_SQLITE_SYNCHRONOUS"
+
+
+@pytest.fixture(params=DRIVERS)
+async def ledger_driver(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> LedgerDriver:
+    """An empty ledger's database for one driver: a SQLite file, or the PostgreSQL test database."""
+    name = request.param
+    path = f"{tmp_path}/ledger/bot.db"
+    if name == "postgres":
+        if not PG_DSN:
+            pytest.skip(SKIP_PG)
+        await drop_ledger_tables(PG_DSN)
+        return LedgerDriver(name, PG_DSN)
+    if name == "sqlite-thread":
+        monkeypatch.setenv(SYNCHRONOUS_ENV, "full")
+        return LedgerDriver(name, f"sqlite+aiosqlite:///{path}", "full")
+    if name == "sqlite-url-options":
+        return LedgerDriver(name, f"sqlite+aiosqlite:///file:{path}?mode=rwc&uri=true")
+    return LedgerDriver(name, f"sqlite+aiosqlite:///{path}")
+
+
+@pytest.fixture
+def ledger_url(ledger_driver: LedgerDriver) -> str:
+    """The database URL of ``ledger_driver``."""
+    return ledger_driver.url
 
 
 OpenLedger = Callable[..., Awaitable[Ledger]]
 
 
 @pytest.fixture
-async def open_ledger(ledger_url: str) -> AsyncIterator[OpenLedger]:
-    """Open ledgers on ``ledger_url`` (closed at teardown): ``await open_ledger(budgets, clock=...)``."""
+async def open_ledger(ledger_driver: LedgerDriver) -> AsyncIterator[OpenLedger]:
+    """Open ledgers on ``ledger_driver`` (closed at teardown): ``await open_ledger(budgets, clock=...)``."""
     opened: list[Ledger] = []
 
     async def factory(
@@ -110,7 +149,12 @@ async def open_ledger(ledger_url: str) -> AsyncIterator[OpenLedger]:
         timezone: str = "UTC",
         ttl: int = 600,
     ) -> Ledger:
-        config = DatabaseConfig(url=ledger_url, timezone=timezone, reservation_ttl_seconds=ttl)
+        config = DatabaseConfig(
+            url=ledger_driver.url,
+            timezone=timezone,
+            reservation_ttl_seconds=ttl,
+            sqlite_synchronous=ledger_driver.synchronous,
+        )
         ledger = await Ledger.open(config, budgets, clock=clock)
         opened.append(ledger)
         return ledger
@@ -124,6 +168,15 @@ async def fetch(ledger: Ledger, sql: str) -> list[Any]:
     """Run raw SQL on the ledger's database (tests check invariants the API does not expose)."""
     async with ledger._db.read() as conn:
         return list((await conn.execute(sa.text(sql))).all())
+
+
+async def undelivered_alerts(ledger: Ledger, limit: int = 100) -> list[Alert]:
+    """The alerts not delivered yet, oldest first (what the outbox still has to send)."""
+    async with ledger._db.read() as conn:
+        rows = await conn.execute(
+            sa.select(alerts).where(alerts.c.delivered_at.is_(None)).order_by(alerts.c.id).limit(limit)
+        )
+        return [row_to_alert(r) for r in rows]
 
 
 async def check_invariants(ledger: Ledger) -> None:

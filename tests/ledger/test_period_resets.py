@@ -11,7 +11,7 @@ import pytest
 from bot.core.errors import BudgetExceededError
 from bot.core.ledger import Alert, Ledger
 
-from .conftest import ALICE, FakeClock, OpenLedger, budget, record
+from .conftest import ALICE, FakeClock, OpenLedger, budget, record, undelivered_alerts
 
 NY = ZoneInfo("America/New_York")
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -98,21 +98,22 @@ async def test_threshold_alerts_once_per_period_and_again_next_period(open_ledge
     assert crossed[0].period_start == local(TOKYO, 2025, 5, 20)
     assert await spend(ledger, "r3", "0.05") == []  # 90%: nothing new
     assert [a.threshold for a in await spend(ledger, "r4", "0.10")] == [1.0]
-    pending = await ledger.pending_alerts()
+    pending = await undelivered_alerts(ledger)
     assert [a.threshold for a in pending] == [0.5, 0.8, 1.0]
     assert "team (team T1)" in pending[2].message and "100%" in pending[2].message
-    # Delivered alerts leave the outbox; a second replica marking the same alert learns it lost.
-    assert await ledger.mark_alert_delivered(pending[0].id) is True
-    assert await ledger.mark_alert_delivered(pending[0].id) is False
-    await ledger.mark_alert_failed(pending[1].id)
-    pending = await ledger.pending_alerts()
+    # Delivered alerts leave the outbox; a second delivery of the same alert learns it lost.
+    assert len(await ledger.outbox.claim("r1", lease=timedelta(minutes=1), limit=10)) == 3
+    assert await ledger.outbox.delivered(pending[0].id, "r1") is True
+    assert await ledger.outbox.delivered(pending[0].id, "r1") is False
+    await ledger.outbox.failed(pending[1].id, "r1", "Slack said no", retry_at=clock.now)
+    pending = await undelivered_alerts(ledger)
     assert [(a.threshold, a.attempts) for a in pending] == [(0.8, 1), (1.0, 0)]
     # The next day is a new period: the same thresholds alert again.
     clock.set(local(TOKYO, 2025, 5, 21, 0, 0, 1))
     again = await spend(ledger, "r5", "0.60")
     assert [a.threshold for a in again] == [0.5]
     assert again[0].period_start == local(TOKYO, 2025, 5, 21)
-    assert len(await ledger.pending_alerts()) == 3
+    assert len(await undelivered_alerts(ledger)) == 3
 
 
 async def test_alerts_are_created_once_across_replicas(open_ledger: OpenLedger) -> None:
@@ -129,4 +130,4 @@ async def test_alerts_are_created_once_across_replicas(open_ledger: OpenLedger) 
     assert await second.settle(
         await second.reserve(ALICE, Decimal("0.1"), request_id="b", model="m", provider="p"), record("b", "0.1")
     ) == []  # fmt: skip
-    assert len(await second.pending_alerts()) == 1
+    assert len(await undelivered_alerts(second)) == 1

@@ -1,4 +1,4 @@
-"""The SQLite hot path's shared transaction (``bot.core.ledger.sqlite_batch``): the writes of one
+"""The SQLite writer's shared transaction (``bot.core.ledger.drivers.sqlite_batch``): the writes of one
 event-loop turn share one commit, and each is still all or nothing on its own."""
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from bot.core.accounting import Accountant, CallContext
 from bot.core.config import DatabaseConfig
 from bot.core.errors import BudgetExceededError
 from bot.core.ledger import Ledger
+from bot.core.ledger.drivers.sqlite import SqliteWriter
+from bot.core.ledger.drivers.sqlite_batch import BatchLostError, LoopBatches
 from bot.core.ledger.models import Hold
-from bot.core.ledger.schema import CALL_COLUMNS
-from bot.core.ledger.sqlite_batch import BatchLostError, LoopBatches
-from bot.core.ledger.sqlite_fast import FastSqlite
-from bot.core.ledger.store import call_params
 from bot.core.monitoring import CostTracker, TokenMonitor
 from bot.core.pending import PendingWrites
 from bot.core.types import CallRecord
@@ -31,10 +29,10 @@ async def open_ledger(path: Path, limit: str = "1") -> Ledger:
     return await Ledger.open(config, [budget("global", limit)])
 
 
-def fast_of(ledger: Ledger) -> FastSqlite:
-    fast = ledger._fast
-    assert fast is not None and fast.batches is not None
-    return fast
+def writer_of(ledger: Ledger) -> SqliteWriter:
+    writer = ledger._db.writer
+    assert isinstance(writer, SqliteWriter) and writer.batches is not None
+    return writer
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -48,7 +46,7 @@ async def reserve(ledger: Ledger, rid: str, amount: str = "0.1") -> Hold:
 
 
 async def warm(ledger: Ledger) -> None:
-    """The first call of a period creates its budget row through SQLAlchemy; later ones are hot."""
+    """The first call of a period creates its budget row (a transaction of its own)."""
     hold = await reserve(ledger, "warm", "0.01")
     await ledger.settle(hold, record(hold, "0"))
 
@@ -57,7 +55,7 @@ async def test_writes_of_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
     ledger = await open_ledger(tmp_path / "l.db")
     try:
         await warm(ledger)
-        batches = fast_of(ledger).batches
+        batches = writer_of(ledger).batches
         assert batches is not None
         commits, writes = batches.commits, batches.writes
         holds = await asyncio.gather(*(reserve(ledger, f"r{i}") for i in range(5)))
@@ -114,7 +112,7 @@ async def test_a_read_right_after_a_reserve_sees_it(tmp_path: Path) -> None:
     try:
         await warm(ledger)
         await reserve(ledger, "r1")
-        batches = fast_of(ledger).batches
+        batches = writer_of(ledger).batches
         assert batches is not None and batches.is_open
         [status] = await ledger.status(ALICE)  # no loop turn in between: the read commits first
         assert status.reserved == Decimal("0.1")
@@ -131,13 +129,13 @@ async def test_close_commits_a_reserve_still_pending(tmp_path: Path) -> None:
 
 
 async def test_other_writers_of_the_process_wait_for_the_commit_not_for_sqlite(tmp_path: Path) -> None:
-    """A SQLAlchemy write (here: the sweeper) queues on the write gate behind the open batch."""
+    """Another write (here: the sweeper) queues on the write gate behind the open batch."""
     ledger = await open_ledger(tmp_path / "l.db")
     try:
         await warm(ledger)
         await reserve(ledger, "r1")
         assert await asyncio.wait_for(ledger.sweep_expired(), timeout=2) == 0
-        await ledger.record(record_refused("r2"))  # a SQLAlchemy write right after a hot one
+        await ledger.record(record_refused("r2"))  # a write right after one in the open batch
         assert rows(tmp_path / "l.db", "SELECT request_id FROM calls ORDER BY request_id") == [
             ("r2",),
             ("warm",),
@@ -147,7 +145,7 @@ async def test_other_writers_of_the_process_wait_for_the_commit_not_for_sqlite(t
 
 
 def record_refused(rid: str) -> CallRecord:
-    """A refused call's record (no hold, $0): written through SQLAlchemy."""
+    """A refused call's record (no hold, $0)."""
     return CallRecord(rid, ALICE, "openai", "gpt-test", "refused", error_code="budget_exceeded")
 
 
@@ -203,17 +201,19 @@ async def test_a_settle_is_written_at_once_into_the_open_transaction(tmp_path: P
     try:
         await warm(ledger)
         hold = await reserve(ledger, "r1")  # opens the shared transaction for this loop turn
-        written = ledger.settle_now(hold, record(hold, "0.02"))
-        assert written is not None
-        alert_ids, committed = written
-        assert alert_ids == [] and not committed.done()  # no alert threshold crossed
-        assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(1,)]  # not committed yet
-        await committed  # at the start of the next turn
+        batches = writer_of(ledger).batches
+        assert batches is not None
+        writes = batches.writes
+        settlement = ledger.settle(hold, record(hold, "0.02"))
+        assert batches.writes == writes + 1 and not settlement.future.done()  # written, not committed
+        assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(1,)]
+        assert await settlement == []  # committed at the start of the next turn; no alert crossed
         assert rows(tmp_path / "l.db", "SELECT count(*) FROM calls") == [(2,)]
         other = await reserve(ledger, "r2")
         await asyncio.sleep(0)  # its transaction commits; none is open now
-        assert ledger.settle_now(other, record(other, "0.01")) is None  # then: ledger.settle
-        await ledger.settle(other, record(other, "0.01"))
+        writes = batches.writes
+        await ledger.settle(other, record(other, "0.01"))  # then it is written on its own
+        assert batches.writes == writes + 1
         [status] = await ledger.status(ALICE)
         assert (status.spent, status.reserved) == (Decimal("0.03"), Decimal(0))
     finally:
@@ -236,7 +236,7 @@ async def test_a_settle_written_at_once_is_written_again_if_its_transaction_is_l
             conn.execute("DELETE FROM calls")
             raise ValueError("a write failing half-way")
 
-        batches = fast_of(ledger).batches
+        batches = writer_of(ledger).batches
         assert batches is not None
         with pytest.raises(ValueError):
             batches.write(half_done)  # the shared transaction (hold and settle) is rolled back
@@ -249,18 +249,13 @@ async def test_a_settle_written_at_once_is_written_again_if_its_transaction_is_l
         await ledger.close()
 
 
-def test_call_params_are_in_the_calls_columns_order() -> None:
-    """``FastSqlite.call_row`` relies on it."""
-    assert tuple(call_params(record("r1"))) == CALL_COLUMNS
-
-
 async def test_two_ledgers_on_one_file_share_it_through_sqlites_lock(tmp_path: Path) -> None:
     """Two replicas' ledgers (here in one process, each with its own connections): while one holds
     its loop turn's transaction, the other's writes wait in a thread, and nothing is lost."""
     first = await open_ledger(tmp_path / "l.db", limit="100")
     second = await open_ledger(tmp_path / "l.db", limit="100")
     try:
-        await warm(first)  # the second's first reserve finds its rows through SQLAlchemy
+        await warm(first)  # the second's first reserve finds the rows the first created
 
         async def call(ledger: Ledger, rid: str) -> None:
             hold = await reserve(ledger, rid, "0.5")

@@ -13,6 +13,7 @@ import pytest
 
 from bot.core.config import DatabaseConfig
 from bot.core.ledger import Ledger
+from bot.core.ledger.drivers.sqlite import SqliteWriter
 from bot.core.ledger.wal_sync import CHECKPOINT_EVERY_WRITES, WalSyncer
 
 from .conftest import ALICE, budget, record
@@ -45,8 +46,8 @@ async def test_normal_is_the_default_and_commits_are_synced_within_the_interval(
     ledger = await open_sqlite(tmp_path / "l.db", interval_ms=20)
     try:
         syncer = syncer_of(ledger)
-        await one_call(ledger, "r1")  # the first call of a period takes the SQLAlchemy path
-        await one_call(ledger, "r2")  # later ones the hot path, on the event loop
+        await one_call(ledger, "r1")  # the first call of a period also creates its budget row
+        await one_call(ledger, "r2")
         before = syncer.syncs
         await asyncio.sleep(0.2)  # ten intervals: one sync covers both writes of the last call
         assert syncer.syncs == before + 1
@@ -84,11 +85,11 @@ async def test_the_wal_is_checkpointed_every_so_many_writes(tmp_path: Path) -> N
 
 
 async def test_another_process_writing_never_blocks_the_event_loop(tmp_path: Path) -> None:
-    """The hot path runs on the loop with busy_timeout 0; a held write lock sends it to the thread."""
+    """Writes run on the loop with busy_timeout 0; a held write lock sends them to the thread."""
     path = tmp_path / "l.db"
     ledger = await open_sqlite(path)
     try:
-        await one_call(ledger, "warm")  # the budget row exists: later calls take the hot path
+        await one_call(ledger, "warm")  # the budget row exists: later calls only reserve and settle
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
         ticks = 0
@@ -122,18 +123,36 @@ async def test_the_connections_use_the_configured_mode(
     try:
         await one_call(ledger, "r1")
         await one_call(ledger, "r2")
-        fast = ledger._fast
-        assert fast is not None and fast.on_loop == (synchronous == "normal")
-        if synchronous == "normal":  # the hot path ran on the loop's own connection
-            conn = fast._loop_conn
-            assert conn is not None and fast._conn is None
+        writer = ledger._db.writer
+        assert isinstance(writer, SqliteWriter)
+        assert (writer.batches is not None) == (synchronous == "normal")
+        if synchronous == "normal":  # the writes ran on the loop's own connection
+            conn = writer._loop_conn
+            assert conn is not None and writer._thread_conn is None
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
             assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         else:  # in the database thread, each commit waiting for its fsync
-            assert fast._loop_conn is None and fast._conn is not None
+            assert writer._loop_conn is None and writer._thread_conn is not None
         assert (ledger._db.sqlite_setup and ledger._db.sqlite_setup.syncer is not None) == (
             synchronous == "normal"
         )
+        assert (await ledger.totals()).calls == 2
+    finally:
+        await ledger.close()
+
+
+async def test_a_url_with_query_options_runs_the_same_writer_as_a_plain_path(tmp_path: Path) -> None:
+    """URL options (``uri=true``, ``mode``…) reach the writer's own connections, so the ledger
+    writes on the event loop as with a plain path (the contract suite runs all of it on both)."""
+    url = f"sqlite+aiosqlite:///file:{tmp_path}/opts/l.db?mode=rwc&uri=true"
+    ledger = await Ledger.open(DatabaseConfig(url=url), [budget("global", "100")])
+    try:
+        await one_call(ledger, "r1")
+        await one_call(ledger, "r2")
+        writer = ledger._db.writer
+        assert isinstance(writer, SqliteWriter) and writer.batches is not None
+        assert writer.batches.writes >= 4 and writer._thread_conn is None
+        assert (tmp_path / "opts" / "l.db").exists() and not (tmp_path / "file:").exists()
         assert (await ledger.totals()).calls == 2
     finally:
         await ledger.close()

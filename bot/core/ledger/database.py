@@ -8,22 +8,22 @@ waits for the write lock instead of failing; every write transaction starts with
 transaction can never interleave with another writer's. Within one process, writers also queue on
 an ``asyncio.Lock``: SQLite's busy handler polls with sleeps, far slower than a queue.
 
-PostgreSQL (asyncpg): READ COMMITTED. Reservations lock each budget row with a conditional UPDATE,
-in one fixed order, so concurrent replicas serialise per row and never deadlock. At most
-``PG_CONCURRENT_WRITES`` write transactions per process run at once: every call updates the same
-global row, and a transaction holding that row's lock must not wait behind dozens of others for the
-event loop (measured in docs/benchmarks.md).
+PostgreSQL (asyncpg): READ COMMITTED, with the row locks of ``drivers/postgres.py``.
+
+The money transactions (``transactions.py``) run through the database's one writer
+(``drivers/``); the outbox's and the overrides' writes run here through SQLAlchemy, queued on
+the same gate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from urllib.parse import urlparse
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -34,6 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from bot.core.config import DatabaseConfig
 from bot.core.errors import ConfigurationError
+from bot.core.ledger.drivers import Writer
+from bot.core.ledger.drivers.postgres import PostgresWriter
+from bot.core.ledger.drivers.sqlite import SqliteWriter
 from bot.core.ledger.wal_sync import WalSyncer
 
 __all__ = ["Backend", "Database", "SqliteSetup", "configure_sqlite", "normalise_url"]
@@ -43,8 +46,6 @@ Synchronous = Literal["normal", "full"]
 
 #: How long a SQLite writer waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: Write transactions one process runs at once on PostgreSQL (more only queue on row locks).
-PG_CONCURRENT_WRITES = 8
 _BEGIN_OPTION = "ledger_sqlite_begin"
 
 
@@ -113,13 +114,16 @@ def _enable_wal(cursor: Any) -> None:
 class SqliteSetup:
     """How this ledger's SQLite connections are set up, and what keeps NORMAL's commits durable."""
 
-    def __init__(self, path: str | None, synchronous: Synchronous, sync_interval: float) -> None:
-        """``path`` is None when the URL has options a plain connection would not share."""
+    def __init__(self, path: str, synchronous: Synchronous, sync_interval: float) -> None:
+        """``path`` is the ledger's file."""
         self.synchronous: Synchronous = synchronous
-        self.syncer = (
-            WalSyncer(path, self.configure, sync_interval) if path and synchronous == "normal" else None
-        )
+        self.syncer = WalSyncer(path, self.configure, sync_interval) if synchronous == "normal" else None
         """Checkpoints after writes under ``NORMAL`` (None under ``FULL``: commits sync themselves)."""
+
+    def note_write(self) -> None:
+        """A write transaction committed (under ``NORMAL``, a sync will follow shortly)."""
+        if self.syncer is not None:
+            self.syncer.note_write()
 
     def configure(self, dbapi_connection: Any) -> None:
         """``configure_sqlite`` with this ledger's ``synchronous``."""
@@ -138,44 +142,46 @@ def _install_sqlite_events(engine: AsyncEngine, setup: SqliteSetup) -> None:
 
 
 class Database:
-    """The engine plus the two kinds of transaction the ledger needs: write and read."""
+    """The engine, the one writer of this process (``drivers``), and read and write transactions."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         backend: Backend,
-        sqlite_path: str | None = None,
+        writer: Writer,
         sqlite_setup: SqliteSetup | None = None,
     ) -> None:
+        """Use ``Database.connect``."""
         self.engine = engine
         self.backend: Backend = backend
-        self.sqlite_path = sqlite_path
-        """The SQLite file when a plain connection to it is equivalent to the engine's (else None)."""
+        self.writer = writer
+        """Runs the ledger's money transactions; its gate is held around every write."""
         self.sqlite_setup = sqlite_setup
         """SQLite: the connections' pragmas and the checkpointer (None on PostgreSQL)."""
-        # SQLite has one writer at a time anyway: queue here rather than in its polling busy handler.
-        self.write_gate = asyncio.Lock() if backend == "sqlite" else asyncio.Semaphore(PG_CONCURRENT_WRITES)
-        """Held around every write transaction of this process (also the SQLite hot path's)."""
-        self.before_read: Callable[[], None] | None = None
-        """Run before every read: the SQLite hot path commits its shared transaction (sqlite_batch)."""
 
     @classmethod
     def connect(cls, config: DatabaseConfig) -> Database:
-        """Create the engine for ``config.url`` (no connection is made yet)."""
+        """Create the engine and the writer for ``config.url`` (no connection is made yet)."""
         url, backend = normalise_url(config.url)
-        if backend == "sqlite":
-            assert url.database is not None
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(url, pool_size=5, max_overflow=10)
-            # URL options (uri, mode…) would make a plain connection differ: no hot path then.
-            path = None if url.query else url.database
-            setup = SqliteSetup(path, config.sqlite_synchronous, config.sqlite_sync_interval_ms / 1000)
-            _install_sqlite_events(engine, setup)
-            return cls(engine, backend, path, setup)
-        else:
+        if backend == "postgresql":
             # Enough connections that contention is on rows, not on the pool.
             engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=60)
-        return cls(engine, backend)
+            return cls(engine, backend, PostgresWriter(engine))
+        engine = create_async_engine(url, pool_size=5, max_overflow=10)
+        # The writer's plain connections take the URL's options exactly as the engine's do.
+        args, options = engine.dialect.create_connect_args(url)
+        path = urlparse(args[0]).path if options.get("uri") else args[0]
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        setup = SqliteSetup(path, config.sqlite_synchronous, config.sqlite_sync_interval_ms / 1000)
+        _install_sqlite_events(engine, setup)
+
+        def connect() -> sqlite3.Connection:
+            conn: sqlite3.Connection = cast(Any, sqlite3.connect)(*args, **options, isolation_level=None)
+            setup.configure(conn)
+            return conn
+
+        writer = SqliteWriter(connect, engine.dialect, setup.synchronous == "normal", setup.note_write)
+        return cls(engine, backend, writer, setup)
 
     @property
     def is_sqlite(self) -> bool:
@@ -184,21 +190,24 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed on normal exit, rolled back on an exception."""
-        async with self.write_gate, self.engine.begin() as conn:
+        """A write transaction through SQLAlchemy (the outbox's, overrides): committed on normal
+        exit, rolled back on an exception; it queues on the writer's gate like every write."""
+        async with self.writer.gate, self.engine.begin() as conn:
             yield conn
         self.note_write()
 
     def note_write(self) -> None:
-        """A write transaction committed (under ``NORMAL``, a checkpoint will follow shortly)."""
-        if self.sqlite_setup is not None and self.sqlite_setup.syncer is not None:
-            self.sqlite_setup.syncer.note_write()
+        """A write transaction committed (under ``NORMAL``, a sync will follow shortly)."""
+        if self.sqlite_setup is not None:
+            self.sqlite_setup.note_write()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (a consistent snapshot; on SQLite it takes no write lock)."""
-        if self.before_read is not None:
-            self.before_read()  # a read must see every write made before it
+        """A read-only transaction (a consistent snapshot; on SQLite it takes no write lock).
+
+        It first waits for the writes made before it to commit, so a read sees them all.
+        """
+        await self.writer.settled()
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
@@ -225,7 +234,8 @@ class Database:
         return sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
 
     async def dispose(self) -> None:
-        """Sync what is not yet on disk, then close every pooled connection."""
+        """Commit what is pending, sync what is not yet on disk, then close every connection."""
+        await self.writer.close()
         if self.sqlite_setup is not None and self.sqlite_setup.syncer is not None:
             await self.sqlite_setup.syncer.close()
         await self.engine.dispose()

@@ -8,56 +8,107 @@ The life of a call::
     except BaseException:
         await ledger.release(hold, failed_record)   # in finally: a missed release leaks the hold
         raise
-    await ledger.settle(hold, ok_record)            # charges the real cost, returns new alerts
+    alerts = await ledger.settle(hold, ok_record)   # charges the real cost
 
 ``reserve`` checks and holds every applicable budget in one transaction, all or nothing, so N
 concurrent callers can never all see the same room (see design-notes "Money"). A refused call is
-not written by ``reserve``; the caller records it with ``record()``.
+not written by ``reserve``; the caller records it with ``record()``. Every write is one
+transaction of ``transactions.py`` run by the database's writer (``drivers/``); the money rules
+they apply are ``money.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
 
 from bot.core.config import BudgetConfig, DatabaseConfig
-from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
-from bot.core.ledger import alerts, queries, sqlite_fast, sqlite_tx, store
+from bot.core.errors import BotError, BudgetExceededError, ConfigurationError, DuplicateRequestError
+from bot.core.ledger import alerts, queries, transactions
 from bot.core.ledger.database import Database
+from bot.core.ledger.drivers import MakeTx
 from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.money import from_nanos, to_nanos
 from bot.core.ledger.outbox import Outbox
 from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
-from bot.core.ledger.schema import from_nanos, to_nanos
+from bot.core.ledger.statements import statements_for
+from bot.core.ledger.transactions import DuplicateRequest, NothingWritten, Refusal, lock_order
 from bot.core.types import CallRecord, Principal
 
-__all__ = ["Clock", "Ledger"]
+__all__ = ["Clock", "Ledger", "Settlement", "call_row"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Returns the current time as an aware UTC datetime; injectable so tests never sleep.
 Clock = Callable[[], datetime]
 
 #: Expired holds released per sweep transaction (keeps each transaction short).
 _SWEEP_BATCH = 500
+#: Tries at one write of a call's record (a locked SQLite file, a PostgreSQL failover).
+_WRITE_ATTEMPTS = 3
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _same_request(hold: Hold, record: CallRecord | None) -> None:
-    if record is not None and record.request_id != hold.request_id:
-        raise ValueError(
-            f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
-        )
+def call_row(record: CallRecord) -> dict[str, Any]:
+    """The calls row of ``record``, by column name (checks the record's timestamp is aware)."""
+    p, u = record.principal, record.usage
+    if record.created_at.tzinfo is None:
+        raise ValueError("CallRecord.created_at must be timezone-aware")
+    return {
+        "request_id": record.request_id,
+        "created_at": record.created_at,
+        "surface": p.surface,
+        "principal": p.label,
+        "team_id": p.team_id,
+        "user_id": p.user_id,
+        "channel_id": p.channel_id,
+        "client_id": p.client_id,
+        "provider": record.provider,
+        "model": record.model,
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "cost_nano_usd": to_nanos(record.cost_usd, what="cost_usd"),
+        "cost_estimated": record.cost_estimated,
+        "latency_ms": float(record.latency_ms),
+        "outcome": record.outcome,
+        "error_code": record.error_code,
+    }
+
+
+class Settlement:
+    """A settle or release under way: await it for the alerts it created, once it is committed.
+
+    ``future`` is the same result for whoever tracks the write without awaiting it (it fails
+    only when the write failed after its retries). Awaiting never cancels the write.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[list[Alert]]) -> None:
+        """Wrap the future of the write's commit."""
+        self.future = future
+
+    def __await__(self) -> Generator[Any, None, list[Alert]]:
+        """Wait for the commit; return the alerts the call created."""
+        return asyncio.shield(self.future).__await__()
 
 
 class Ledger:
@@ -72,6 +123,8 @@ class Ledger:
     ) -> None:
         """Use ``Ledger.open``, which also migrates the database."""
         self._db = db
+        self._writer = db.writer
+        self._s = statements_for(db.backend)
         self._budgets = tuple(budgets)
         self._by_name = {b.name: b for b in self._budgets}
         self._limit_nanos = {b.name: to_nanos(b.limit_usd) for b in self._budgets}
@@ -79,15 +132,8 @@ class Ledger:
         self._clock = clock
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
-        self._period_ids: dict[store.PeriodKey, int] = {}
-        # SQLite: reserve and settle each run as one plain sqlite3 function call (sqlite_fast).
-        self._fast = (
-            sqlite_fast.FastSqlite(db.sqlite_path, db.sqlite_setup, db.engine.dialect, db.note_write)
-            if db.sqlite_path and db.sqlite_setup
-            else None
-        )
-        if self._fast is not None:
-            db.before_read = self._fast.commit_pending
+        self._period_ids: dict[tuple[str, str, str, str, datetime], int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.outbox = Outbox(db, self._by_name, self._tz, self._now)
         """Claiming and delivering alerts, job-made alert kinds, job runs (see ``outbox.py``)."""
 
@@ -113,9 +159,9 @@ class Ledger:
         return cls(db, config, budgets, clock or _utc_now)
 
     async def close(self) -> None:
-        """Close every database connection."""
-        if self._fast is not None:
-            await self._fast.close()
+        """Finish the writes under way, then close every database connection."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
         await self._db.dispose()
 
     async def __aenter__(self) -> Self:
@@ -128,6 +174,11 @@ class Ledger:
         """Close the ledger."""
         await self.close()
 
+    async def ping(self) -> None:
+        """Run one trivial query on the ledger's database; raises whatever the database raised."""
+        async with self._db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     @property
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
@@ -137,6 +188,15 @@ class Ledger:
     def budgets(self) -> tuple[BudgetConfig, ...]:
         """The configured budgets."""
         return self._budgets
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The zone periods and days are counted in."""
+        return self._tz
+
+    def now(self) -> datetime:
+        """The ledger clock's current time (aware UTC)."""
+        return self._now()
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -150,6 +210,26 @@ class Ledger:
         keys = call_scope_keys(principal, model=model, provider=provider)
         return applicable_budgets(self._budgets, keys, now, self._tz)
 
+    def _start(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, make_tx: MakeTx[T]) -> T:
+        """Run a transaction that records a call, retrying a passing database failure: a record
+        is never dropped quietly (each of these transactions is idempotent per request)."""
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                return await self._writer.run(make_tx)
+            except (BotError, NothingWritten, ValueError, TypeError):
+                raise  # our own refusal or a programming error: retrying cannot help
+            except Exception:
+                if attempt + 1 == _WRITE_ATTEMPTS:
+                    raise
+                log.warning("a ledger write failed; retrying", exc_info=True)
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- reserve / settle / release ------------------------------------------------------------
 
     async def reserve(
@@ -159,6 +239,7 @@ class Ledger:
 
         All or nothing, in one transaction. Raises ``BudgetExceededError`` naming the budget that
         lacks room (after freeing expired holds and trying once more); nothing is written then.
+        A request id that has a hold already raises ``ValueError``.
         """
         nanos = to_nanos(amount)
         for attempt in (1, 2):
@@ -175,151 +256,134 @@ class Ledger:
     ) -> Hold:
         now = self._now()
         targets = self._targets(principal, model, provider, now)
-        hold_id, amount, expires_at = uuid.uuid4().hex, from_nanos(nanos), now + self._ttl
-        if self._fast is not None and all(t.key in self._period_ids for t in targets):
-            # Every row exists already (the common case): the SQLite hot path.
-            target_of = {self._period_ids[t.key]: t for t in targets}
-            hold = Hold(hold_id, request_id, amount, now, expires_at, tuple(store.lock_order(target_of)))
-            return await self._fast_reserve(self._fast, target_of, hold, nanos)
-        hold = Hold(hold_id, request_id, amount, now, expires_at)
-        try:
-            async with self._db.write() as conn:
-                ids = {t.key: self._period_ids[t.key] for t in targets if t.key in self._period_ids}
-                if len(ids) < len(targets):
-                    # New rows are created with the limit in force; known rows pick it in the UPDATE.
-                    limits = await store.effective_limits(conn, targets)
-                    ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
-                row_ids = store.lock_order(ids.values())
-                # The hold goes in first: it locks no budget row, so row locks are held briefly.
-                values = {
-                    "id": hold.id,
-                    "request_id": request_id,
-                    "amount_nano_usd": nanos,
-                    "created_at": now,
-                    "expires_at": hold.expires_at,
-                }
-                await store.insert_hold(conn, self._db, values, row_ids)
-                target_of = {ids[t.key]: t for t in targets}
-                # One fixed order for every transaction: replicas never deadlock on shared rows.
-                for row_id in row_ids:
-                    await self._reserve_row(conn, row_id, nanos, target_of[row_id])
-        except IntegrityError as exc:
-            if "request_id" in str(exc.orig) or "holds" in str(exc.orig):
-                raise ValueError(f"request_id '{request_id}' already has a hold") from None
-            raise
-        self._period_ids.update(ids)  # only after commit: a rolled-back insert has no id to keep
-        return Hold(
-            id=hold.id,
-            request_id=request_id,
-            amount=hold.amount,
-            created_at=now,
-            expires_at=hold.expires_at,
-            budget_period_ids=tuple(row_ids),
+        target_of = await self._period_rows(targets, now)
+        hold = Hold(
+            uuid.uuid4().hex,
+            request_id,
+            from_nanos(nanos),
+            now,
+            now + self._ttl,
+            tuple(lock_order(target_of)),
         )
-
-    async def _fast_reserve(
-        self, fast: sqlite_fast.FastSqlite, target_of: Mapping[int, Target], hold: Hold, nanos: int
-    ) -> Hold:
-        """``_try_reserve`` on SQLite when every target's row id is known (see ``sqlite_fast``)."""
-        limits = self._limit_nanos
-        rows = {
-            i: sqlite_tx.RowBudget(t.budget.name, t.scope_key, limits[t.budget.name])
-            for i, t in target_of.items()
+        row = {
+            "id": hold.id,
+            "request_id": request_id,
+            "amount_nano_usd": nanos,
+            "created_at": now,
+            "expires_at": hold.expires_at,
         }
+        limits = {row_id: self._limit_nanos[t.budget.name] for row_id, t in target_of.items()}
+        reserve = partial(transactions.reserve, self._s, row, limits, hold_first=self._writer.hold_first)
         try:
-            await fast.reserve(self._db.write_gate, hold, nanos, rows)
-        except sqlite_tx.Refusal as r:
-            raise self._refusal(target_of[r.row_id], nanos, r.limit, r.spent, r.reserved) from None
+            # Not durable: SQLite's lock keeps the hold safe until its commit (``sqlite_batch``).
+            await self._writer.run(reserve, durable=False)
+        except Refusal as r:
+            t = target_of[r.row_id]
+            raise BudgetExceededError(
+                budget=budget_label(t.budget.name, t.budget.scope, t.scope_key),
+                limit=from_nanos(r.limit),
+                spent=from_nanos(r.spent),
+                reserved=from_nanos(r.reserved),
+                requested=from_nanos(nanos),
+                resets_at=t.period_end,
+            ) from None
+        except DuplicateRequest:
+            raise ValueError(f"request_id '{request_id}' already has a hold") from None
         return hold
 
-    async def _reserve_row(self, conn: AsyncConnection, row_id: int, nanos: int, target: Target) -> None:
-        refused = await store.reserve_row(conn, row_id, nanos, to_nanos(target.budget.limit_usd))
-        if refused is None:
-            return
-        # Only now read the limit in force (the UPDATE picked it in SQL), for the error message.
-        limit = (await store.effective_limits(conn, [target]))[target.key]
-        # Raising inside the transaction rolls back the holds taken on other rows.
-        raise self._refusal(target, nanos, limit, *refused)
+    async def _period_rows(self, targets: Sequence[Target], now: datetime) -> dict[int, Target]:
+        """The budget row id of every target's period, creating missing rows (committed first)."""
+        missing = [t for t in targets if t.key not in self._period_ids]
+        if missing:
+            rows = [
+                {
+                    "budget": t.budget.name,
+                    "scope": t.budget.scope,
+                    "scope_key": t.scope_key,
+                    "period": t.budget.period,
+                    "period_start": t.period_start,
+                    "period_end": t.period_end,
+                    "limit_nano_usd": self._limit_nanos[t.budget.name],
+                    "spent_nano_usd": 0,
+                    "reserved_nano_usd": 0,
+                    "created_at": now,
+                }
+                for t in missing
+            ]
+            ids = await self._writer.run(partial(transactions.ensure_periods, self._s, rows))
+            # Only once committed: a rolled-back row has no id to keep.
+            self._period_ids.update(zip((t.key for t in missing), ids, strict=True))
+        return {self._period_ids[t.key]: t for t in targets}
 
-    @staticmethod
-    def _refusal(target: Target, nanos: int, limit: int, spent: int, reserved: int) -> BudgetExceededError:
-        return BudgetExceededError(
-            budget=budget_label(target.budget.name, target.budget.scope, target.scope_key),
-            limit=from_nanos(limit),
-            spent=from_nanos(spent),
-            reserved=from_nanos(reserved),
-            requested=from_nanos(nanos),
-            resets_at=target.period_end,
-        )
-
-    async def settle(self, hold: Hold, record: CallRecord) -> list[Alert]:
+    def settle(self, hold: Hold, record: CallRecord) -> Settlement:
         """Charge the call's real cost (``record.cost_usd``) in place of its hold, and write its row.
 
         One transaction: the hold is freed, the cost is added to every budget it held (even when it
         is more than was held: money spent is always recorded), the calls row is written and any
-        alert threshold reached is queued. Returns the alerts created. A second settle (or release)
-        of the same request is a no-op.
+        alert threshold reached is queued. It is written at once into SQLite's open shared
+        transaction when there is one, else in a task; await the ``Settlement`` for the alerts it
+        created. A second settle (or release) of the same request charges nothing.
         """
-        return await self._finish(hold, record)
+        return self._finish(hold, record)
 
-    def settle_now(self, hold: Hold, record: CallRecord) -> tuple[list[int], asyncio.Future[None]] | None:
-        """``settle`` written at once, in this event-loop turn, when that needs no waiting.
-
-        That is when the SQLite hot path's shared transaction is open (under load it nearly
-        always is; see ``sqlite_batch``). Returns the ids of the alerts it created
-        (``alerts_by_id`` loads them once committed) and the future of the commit; if that fails,
-        nothing was written: call ``settle``. None when it cannot be written at once
-        (PostgreSQL, ``full`` SQLite, no open transaction): call ``settle``.
-        """
-        if self._fast is None or record.request_id != hold.request_id:
-            return None
-        return self._fast.settle_now(hold, record, self._by_name, self._now())
-
-    async def alerts_by_id(self, ids: Sequence[int]) -> list[Alert]:
-        """The alerts with these ids (from ``settle_now``), by id."""
-        return await alerts.alerts_by_id(self._db, ids)
-
-    async def release(self, hold: Hold, record: CallRecord | None = None) -> list[Alert]:
+    def release(self, hold: Hold, record: CallRecord | None = None) -> Settlement:
         """Free a hold without a successful call; write ``record`` (failed/cancelled) if given.
 
         If the provider billed tokens before failing, ``record.cost_usd`` is charged as spent.
         Idempotent per request: releasing twice, or after settle, changes nothing.
         """
-        return await self._finish(hold, record)
+        return self._finish(hold, record)
 
-    async def _finish(self, hold: Hold, record: CallRecord | None) -> list[Alert]:
+    def _finish(self, hold: Hold, record: CallRecord | None) -> Settlement:
         if record is not None and record.request_id != hold.request_id:
             raise ValueError(
                 f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
             )
-        now = self._now()
-        if self._fast is not None:
-            # The same statements as below, as one plain function (see sqlite_tx.settle_tx).
-            ids = await self._fast.settle(self._db.write_gate, hold, record, self._by_name, now)
-            return await alerts.alerts_by_id(self._db, ids)
-        async with self._db.write() as conn:
-            # The calls row first: its unique request_id makes a repeated settle a no-op charge.
-            new_row, claimed = await store.record_and_claim(conn, self._db, record, hold.id)
-            spend = to_nanos(record.cost_usd) if new_row and record is not None else 0
-            if claimed is not None:
-                held, row_ids = claimed
-                unreserve = dict.fromkeys(row_ids, held)
-            else:
-                # Already swept after expiry (or released): the call still cost money, so charge
-                # the budgets the hold was for.
-                row_ids, unreserve = list(hold.budget_period_ids), {}
-            rows = await store.charge_rows(conn, row_ids, unreserve=unreserve, spend=spend)
-            if spend == 0:
-                return []
-            return await alerts.insert_alerts(conn, self._db, rows, self._by_name, now)
-
-    async def claim_request(self, request_id: str) -> None:
-        """Claim an idempotency key; ``DuplicateRequestError`` if any replica did (keys are kept)."""
+        call = None if record is None else call_row(record)
+        held, rows = to_nanos(hold.amount), hold.budget_period_ids
+        make = partial(transactions.settle, self._s, call, hold.id, held, rows, self._by_name, self._now())
+        future: asyncio.Future[list[Alert]] = asyncio.get_running_loop().create_future()
         try:
-            async with self._db.write() as conn:
-                await store.insert_request_key(conn, request_id, self._now())
-        except IntegrityError:
-            raise DuplicateRequestError(request_id) from None
+            written = self._writer.write_now(make)
+        except Exception:  # never fail the answer here: the write is made again alone, and logged
+            log.warning("a settle could not be written at once; writing it alone", exc_info=True)
+            written = None
+        if written is None:
+            self._start(self._settle_alone(make, future))
+        else:
+            alert_ids, committed = written
+            committed.add_done_callback(partial(self._committed, make, alert_ids, future))
+        return Settlement(future)
+
+    def _committed(
+        self,
+        make: MakeTx[list[int]],
+        alert_ids: list[int],
+        future: asyncio.Future[list[Alert]],
+        committed: asyncio.Future[None],
+    ) -> None:
+        if committed.cancelled() or committed.exception() is not None:
+            # Nothing was written (the shared transaction was lost): once more, alone, with retries.
+            self._start(self._settle_alone(make, future))
+        elif alert_ids:
+            self._start(self._resolve(future, alerts.alerts_by_id(self._db, alert_ids)))
+        else:
+            future.set_result([])
+
+    async def _settle_alone(self, make: MakeTx[list[int]], future: asyncio.Future[list[Alert]]) -> None:
+        async def write() -> list[Alert]:
+            return await alerts.alerts_by_id(self._db, await self._write(make))
+
+        await self._resolve(future, write())
+
+    @staticmethod
+    async def _resolve(future: asyncio.Future[T], work: Coroutine[Any, Any, T]) -> None:
+        try:
+            future.set_result(await work)
+        except BaseException as exc:
+            future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
 
     async def record(self, record: CallRecord) -> None:
         """Write a call that had no hold, e.g. a refused call at $0. Idempotent per request_id.
@@ -328,28 +392,30 @@ class Ledger:
         check: it is already spent), so budget totals always equal the sum of the calls rows.
         """
         now = self._now()
-        spend = to_nanos(record.cost_usd, what="cost_usd")
-        async with self._db.write() as conn:
-            if not await store.insert_call(conn, self._db, record) or spend == 0:
-                return
+        call = call_row(record)
+        row_ids: list[int] = []
+        if call["cost_nano_usd"]:
             targets = self._targets(record.principal, record.model, record.provider, now)
-            limits = await store.effective_limits(conn, targets)
-            ids = await store.ensure_periods(conn, self._db, targets, limits, now, self._period_ids)
-            rows = await store.charge_rows(conn, ids.values(), unreserve={}, spend=spend)
-            await alerts.insert_alerts(conn, self._db, rows, self._by_name, now)
-        self._period_ids.update(ids)
+            row_ids = list(await self._period_rows(targets, now))
+        await self._write(partial(transactions.record, self._s, call, row_ids, self._by_name, now))
+
+    async def claim_request(self, request_id: str) -> None:
+        """Claim an idempotency key; ``DuplicateRequestError`` if any replica did (keys are kept)."""
+        try:
+            await self._writer.run(partial(transactions.claim_request, self._s, request_id, self._now()))
+        except DuplicateRequest:
+            raise DuplicateRequestError(request_id) from None
 
     async def sweep_expired(self) -> int:
         """Release every hold whose expiry has passed; return how many were released."""
         now = self._now()
         async with self._db.read() as conn:
             # A cheap read first, so the common case takes no write lock.
-            if not await store.expired_hold_exists(conn, now):
+            if (await conn.execute(self._s.any_expired_hold, {"p_now": now})).first() is None:
                 return 0
         released = 0
         while True:
-            async with self._db.write() as conn:
-                count = await store.sweep_batch(conn, now, _SWEEP_BATCH)
+            count = await self._writer.run(partial(transactions.sweep, self._s, now, _SWEEP_BATCH))
             released += count
             if count < _SWEEP_BATCH:
                 return released
@@ -385,30 +451,9 @@ class Ledger:
         """Spend per surface (cli, slack, mcp…) of calls in ``[start, end)``, largest first."""
         return await queries.spend_by_surface(self._db, start, end)
 
-    @property
-    def timezone(self) -> ZoneInfo:
-        """The zone periods and days are counted in."""
-        return self._tz
-
-    def now(self) -> datetime:
-        """The ledger clock's current time (aware UTC)."""
-        return self._now()
-
     async def totals(self, start: datetime | None = None, end: datetime | None = None) -> Totals:
         """Cost, calls and tokens in ``[start, end)`` (all time by default), also by outcome."""
         return await queries.totals(self._db, start, end)
-
-    async def pending_alerts(self, limit: int = 100) -> list[Alert]:
-        """Alerts not delivered yet, oldest first."""
-        return await alerts.pending_alerts(self._db, limit)
-
-    async def mark_alert_delivered(self, alert_id: int) -> bool:
-        """Mark an alert delivered; False if it already was (another replica sent it) or is unknown."""
-        return await alerts.mark_alert_delivered(self._db, alert_id, self._now())
-
-    async def mark_alert_failed(self, alert_id: int) -> None:
-        """Count a failed delivery attempt of an alert (it stays pending)."""
-        await alerts.mark_alert_failed(self._db, alert_id)
 
     async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
         """Override a budget's limit persistently (wins over config) and apply it to the current period.

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from bot.core.config import BudgetConfig
-from bot.core.ledger import store
+from bot.core.ledger import money
 from bot.core.ledger.database import Database
 from bot.core.ledger.models import BudgetStatus, SpendRow, Totals
 from bot.core.ledger.periods import Target, period_bounds
@@ -58,7 +58,7 @@ def _budget_status(
         limit=from_nanos(limit),
         spent=from_nanos(spent),
         reserved=from_nanos(reserved),
-        remaining=from_nanos(max(0, limit - spent - reserved)),
+        remaining=from_nanos(money.remaining(spent, reserved, limit)),
         fraction_used=spent / limit if limit else 1.0,
         period_start=None if end is None else start,
         resets_at=end,
@@ -67,12 +67,34 @@ def _budget_status(
     )
 
 
+#: Admin overrides of budget limits: ``{(budget, scope_key): limit in nano-dollars}``.
+Overrides = dict[tuple[str, str], int]
+_SELECT_OVERRIDES = sa.select(
+    budget_overrides.c.budget, budget_overrides.c.scope_key, budget_overrides.c.limit_nano_usd
+)
+
+
+async def load_overrides(conn: Any) -> Overrides:
+    """Every admin override: ``{(budget, scope_key): limit in nano-dollars}``."""
+    rows = await conn.execute(_SELECT_OVERRIDES)
+    return {(r.budget, r.scope_key): int(r.limit_nano_usd) for r in rows}
+
+
+def limit_of(overrides: Overrides, budget: BudgetConfig, scope_key: str) -> int:
+    """A budget row's limit in force (``money.limit_in_force``) from the loaded overrides."""
+    return money.limit_in_force(
+        overrides.get((budget.name, scope_key)),
+        overrides.get((budget.name, "*")),
+        money.to_nanos(budget.limit_usd),
+    )
+
+
 async def status(db: Database, targets: Sequence[Target], now: datetime) -> list[BudgetStatus]:
     """Status of each target; a period with no row yet shows as untouched (read-only: no row made)."""
     if not targets:
         return []
     async with db.read() as conn:
-        limits = await store.effective_limits(conn, targets)
+        overrides = await load_overrides(conn)
         rows = await conn.execute(
             sa.select(
                 _bp.budget, _bp.scope, _bp.scope_key, _bp.period, _bp.period_start,
@@ -86,7 +108,14 @@ async def status(db: Database, targets: Sequence[Target], now: datetime) -> list
         spent, reserved = (int(row.spent_nano_usd), int(row.reserved_nano_usd)) if row else (0, 0)
         result.append(
             _budget_status(
-                t.budget, t.scope_key, t.period_start, t.period_end, limits[t.key], spent, reserved, now
+                t.budget,
+                t.scope_key,
+                t.period_start,
+                t.period_end,
+                limit_of(overrides, t.budget, t.scope_key),
+                spent,
+                reserved,
+                now,
             )
         )
     return result
@@ -122,7 +151,7 @@ async def status_all(
     )
     by_name = {b.name: b for b in budgets}
     async with db.read() as conn:
-        overrides = await store.load_overrides(conn, by_name)
+        overrides = await load_overrides(conn)
         rows = (
             await conn.execute(sa.select(budget_periods).where(current).order_by(_bp.budget, _bp.scope_key))
         ).all()
@@ -130,7 +159,7 @@ async def status_all(
     for r in rows:
         budget = by_name[r.budget]
         start, end = bounds[r.budget]
-        limit = store.pick_limit(overrides, budget, r.scope_key)
+        limit = limit_of(overrides, budget, r.scope_key)
         result.append(
             _budget_status(
                 budget, r.scope_key, start, end, limit, int(r.spent_nano_usd), int(r.reserved_nano_usd), now

@@ -12,11 +12,12 @@ migrated database with these definitions.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Context, Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+
+from bot.core.ledger.money import MAX_NANOS, NANOS_PER_USD, from_nanos, to_nanos
 
 __all__ = [
     "CALL_COLUMNS",
@@ -35,44 +36,6 @@ __all__ = [
     "schema_migrations",
     "to_nanos",
 ]
-
-#: Nano-dollars per dollar: the ledger's unit of account.
-NANOS_PER_USD = 10**9
-#: The largest amount a BIGINT column holds (about $9.2 billion).
-MAX_NANOS = 2**63 - 1
-
-
-#: Enough digits for any BIGINT of nano-dollars (no rounding before ours), rounding up.
-_NANOS = Context(prec=60, rounding=ROUND_CEILING)
-
-
-def to_nanos(amount: Decimal, *, what: str = "amount") -> int:
-    """Convert a non-negative ``Decimal`` of dollars to integer nano-dollars.
-
-    Digits beyond the ninth decimal round *up*, so a hold or a charge is never smaller than asked.
-    Floats are refused: they cannot represent most cents exactly.
-    """
-    if isinstance(amount, bool) or not isinstance(amount, Decimal | int):
-        raise TypeError(f"{what} must be a Decimal, not {type(amount).__name__}")
-    value = amount if isinstance(amount, Decimal) else Decimal(amount)
-    if not value.is_finite() or value < 0:
-        raise ValueError(f"{what} must be a finite, non-negative number of dollars, got {amount}")
-    # Explicit context, not localcontext(): this runs several times per call (~20 µs saved each).
-    nanos = int(_NANOS.multiply(value, NANOS_PER_USD).to_integral_value(context=_NANOS))
-    if nanos > MAX_NANOS:
-        raise ValueError(
-            f"{what} of ${amount} is larger than the ledger can count (${MAX_NANOS // NANOS_PER_USD})"
-        )
-    return nanos
-
-
-def from_nanos(nanos: int) -> Decimal:
-    """Convert integer nano-dollars to an exact ``Decimal`` of dollars in plain notation."""
-    nanos = int(nanos)  # PostgreSQL returns SUM(bigint) as Decimal
-    sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
-    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
-    return Decimal(sign + text)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -145,7 +108,7 @@ calls = sa.Table(
     sa.CheckConstraint("cost_nano_usd >= 0", name="ck_calls_cost"),
 )
 
-#: The columns a call's row is written with (all but the auto-numbered id): ``store.call_params``.
+#: The columns a call's row is written with (all but the auto-numbered id): ``ledger.call_row``.
 CALL_COLUMNS = tuple(c.name for c in calls.c if not c.primary_key)
 
 budget_periods = sa.Table(

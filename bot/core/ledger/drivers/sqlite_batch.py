@@ -1,7 +1,7 @@
 """Group commit for the SQLite hot path on the event loop: one ``COMMIT`` per loop turn, not per call.
 
 Why: under ``synchronous = NORMAL`` a hot-path transaction runs on the event loop (see
-``sqlite_fast``), and its ``COMMIT`` is most of its cost: ~45 µs to write the ~8 pages it touched
+``drivers/sqlite.py``), and its ``COMMIT`` is most of its cost: ~45 µs to write the ~8 pages it touched
 to the WAL, against ~3 µs for each statement. With calls in flight, the reserves and settles of
 one loop turn touch the same pages (the budget rows, the holds), so one commit for all of them
 writes each page once. Measured with 50 calls in flight and the provider call replaced by a
@@ -14,9 +14,9 @@ every budget row before it writes anything (``NothingWritten``), which is also w
 needs a ``SAVEPOINT`` of its own (two statements more per write). Any other error in a write
 (a full disk, an I/O error) may leave it half done, so the whole transaction is rolled back and
 the writes in it fail together. The gate stays held until the commit, so the
-SQLAlchemy writers of this process (sweeper, alert outbox, overrides) queue behind it instead of
-meeting SQLite's lock, and ``Database.read`` commits first, so a read never misses a write made
-before it.
+SQLAlchemy writers of this process (alert outbox, overrides) queue behind it instead of
+meeting SQLite's lock, and ``Database.read`` waits for that commit, so a read never misses a
+write made before it.
 
 What a caller waits for: a settle (the call's row and its charge) waits for the commit before it
 returns, so whoever is told the call was recorded (observers, ``PendingWrites.flush``) can rely
@@ -36,16 +36,11 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["BatchLostError", "Gate", "LoopBatches", "NothingWritten"]
+from bot.core.ledger.transactions import NothingWritten
+
+__all__ = ["BatchLostError", "LoopBatches"]
 
 T = TypeVar("T")
-
-#: The database's write gate (``Database.write_gate``): a lock on SQLite.
-Gate = asyncio.Lock | asyncio.Semaphore
-
-
-class NothingWritten(Exception):
-    """Raised by a write that failed before writing anything: the shared transaction goes on."""
 
 
 class BatchLostError(sqlite3.OperationalError):
@@ -57,7 +52,7 @@ class _Batch:
 
     __slots__ = ("committed", "done", "gate", "lost")
 
-    def __init__(self, gate: Gate, committed: asyncio.Future[None]) -> None:
+    def __init__(self, gate: asyncio.Lock, committed: asyncio.Future[None]) -> None:
         self.gate = gate
         self.committed = committed
         self.done = False
@@ -82,7 +77,12 @@ class LoopBatches:
         """True while a shared transaction waits for its commit."""
         return self._open is not None
 
-    async def begin(self, gate: Gate) -> bool:
+    @property
+    def pending(self) -> asyncio.Future[None] | None:
+        """The commit future of the open shared transaction (None when none is open)."""
+        return None if self._open is None else self._open.committed
+
+    async def begin(self, gate: asyncio.Lock) -> bool:
         """Make sure a shared transaction is open; False if another process holds SQLite's lock.
 
         On False the caller holds ``gate`` and must release it (it then writes in a thread,

@@ -1,0 +1,274 @@
+"""Every write transaction of the ledger, written once and run by every driver.
+
+A transaction is a generator: it yields each statement to run (a ``Run``) and is sent back its
+``Result``, and it decides what to write with the pure rules of ``money.py``. It does no I/O of
+its own, so the same code runs synchronously on a ``sqlite3`` connection (on the event loop or
+in a thread) and asynchronously on PostgreSQL (``drivers/``); the driver owns BEGIN, COMMIT and
+ROLLBACK. The rules every transaction keeps:
+
+- budget rows are read and locked with one statement, in one order for every transaction
+  (descending id: ``lock_order``), so replicas never deadlock; on PostgreSQL the lock makes a
+  concurrent writer wait for our commit, on SQLite we are the only writer anyway;
+- deleting a hold's row is its claim: of settle, release and the sweeper racing on one hold,
+  exactly one deletes it, and only that one gives its money back;
+- a calls row's unique request id makes a repeated settle or record charge nothing;
+- a refusal raises before anything is written (``NothingWritten``), so a transaction shared by
+  several writes (SQLite's loop batch) goes on untouched.
+
+Transactions read only integer and text columns, so a driver needs no result conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
+
+from bot.core.config import BudgetConfig
+from bot.core.ledger import money
+from bot.core.ledger.statements import Statements, in_params, in_size
+
+__all__ = [
+    "Charged",
+    "DuplicateRequest",
+    "NothingWritten",
+    "Refusal",
+    "Result",
+    "Run",
+    "Tx",
+    "any_expired",
+    "charge_rows",
+    "claim_request",
+    "ensure_periods",
+    "lock_order",
+    "queue_alerts",
+    "record",
+    "reserve",
+    "settle",
+    "sweep",
+]
+
+T = TypeVar("T")
+
+
+class Run(NamedTuple):
+    """One statement for the driver to run: with one set of parameters, or with each of ``params``
+    when ``many``."""
+
+    statement: Any
+    params: Any
+    many: bool = False
+
+
+class Result(NamedTuple):
+    """What a statement gave back: its rows (empty unless it returns rows) and its row count."""
+
+    rows: Sequence[Sequence[Any]]
+    rowcount: int
+
+
+#: A transaction that returns a ``T``.
+Tx = Generator[Run, Result, T]
+
+
+class NothingWritten(Exception):
+    """Raised by a transaction that failed before writing anything: a shared transaction goes on."""
+
+
+class Refusal(NothingWritten):
+    """A budget row lacks room for the hold: raised before the reserve writes anything."""
+
+    def __init__(self, row_id: int, limit: int, spent: int, reserved: int) -> None:
+        super().__init__(row_id, limit, spent, reserved)
+        self.row_id, self.limit, self.spent, self.reserved = row_id, limit, spent, reserved
+
+
+class DuplicateRequest(NothingWritten):
+    """The request id has a hold (or an idempotency key) already; nothing was written."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(request_id)
+        self.request_id = request_id
+
+
+class Charged(NamedTuple):
+    """A budget row after a charge: what its alerts are decided on."""
+
+    id: int
+    budget: str
+    spent: int
+    limit: int
+
+
+def lock_order(row_ids: Iterable[int]) -> list[int]:
+    """The one order in which any transaction locks budget rows: descending id.
+
+    Any fixed total order rules out deadlocks between replicas. Descending id puts the oldest rows
+    last, and those are the most shared (the global budget's row is made by a period's first call).
+    """
+    return sorted(set(row_ids), reverse=True)
+
+
+def reserve(
+    s: Statements, hold: Mapping[str, Any], config_limits: Mapping[int, int], *, hold_first: bool
+) -> Tx[None]:
+    """Hold ``hold["amount_nano_usd"]`` on every budget row of ``config_limits`` (row id → the
+    configured limit), or raise ``Refusal`` for the first row in lock order without room.
+
+    ``hold`` holds the ``holds`` columns. ``hold_first``: insert the hold before locking any
+    budget row (PostgreSQL: the hottest row's lock is then held for fewer round trips; a
+    refusal rolls the transaction back); else check first, so a refusal writes nothing (SQLite's
+    shared transaction).
+    """
+    amount = int(hold["amount_nano_usd"])
+    order = lock_order(config_limits)
+    if hold_first:
+        yield from _insert_hold(s, hold, order)
+    updates = []
+    if order:
+        locked = yield Run(s.lock_rows_to_reserve(in_size(len(order))), in_params(order))
+        for row_id, spent, reserved, exact, every_key in locked.rows:
+            limit = money.limit_in_force(exact, every_key, config_limits[row_id])
+            if not money.fits(spent, reserved, amount, limit):
+                raise Refusal(row_id, limit, spent, reserved)
+            updates.append({"p_id": row_id, "p_reserved": reserved + amount, "p_limit": limit})
+    if not hold_first:
+        yield from _insert_hold(s, hold, order)
+    if updates:
+        yield Run(s.reserve_row, updates, many=True)
+
+
+def _insert_hold(s: Statements, hold: Mapping[str, Any], order: Sequence[int]) -> Tx[None]:
+    if (yield Run(s.insert_hold, hold)).rowcount == 0:
+        raise DuplicateRequest(hold["request_id"])
+    if order:
+        yield Run(s.insert_hold_item, [{"p_hold": hold["id"], "p_row": i} for i in order], many=True)
+
+
+def settle(
+    s: Statements,
+    call: Mapping[str, Any] | None,
+    hold_id: str,
+    held: int,
+    row_ids: Sequence[int],
+    budgets: Mapping[str, BudgetConfig],
+    now: datetime,
+) -> Tx[list[int]]:
+    """Write the calls row, claim the hold, charge its rows and queue alerts; return new alert ids.
+
+    ``call`` is the calls row (None: a release with nothing to record); its cost is charged only
+    if the row is new. ``held`` and ``row_ids`` are the hold's amount and budget rows as its
+    reserve wrote them: the amount is given back only if this claims the hold (a hold swept after
+    expiry was given back by the sweeper); the cost is charged to its rows either way.
+    """
+    spend = 0 if call is None else int(call["cost_nano_usd"])
+    if call is not None and (yield Run(s.insert_call, call)).rowcount == 0:
+        spend = 0
+    if (yield Run(s.delete_hold, {"p_hold": hold_id})).rowcount:
+        yield Run(s.delete_hold_items, {"p_hold": hold_id})
+    else:
+        held = 0
+    if not row_ids or (held == 0 and spend == 0):
+        return []
+    charged = yield from charge_rows(s, dict.fromkeys(row_ids, held), spend)
+    return (yield from queue_alerts(s, charged, budgets, now)) if spend else []
+
+
+def record(
+    s: Statements,
+    call: Mapping[str, Any],
+    row_ids: Sequence[int],
+    budgets: Mapping[str, BudgetConfig],
+    now: datetime,
+) -> Tx[list[int]]:
+    """Write a call that had no hold (a refusal at $0); a cost is charged to ``row_ids`` if the row
+    is new. Returns the ids of the alerts it created."""
+    spend = int(call["cost_nano_usd"])
+    if (yield Run(s.insert_call, call)).rowcount == 0 or spend == 0 or not row_ids:
+        return []
+    charged = yield from charge_rows(s, dict.fromkeys(row_ids, 0), spend)
+    return (yield from queue_alerts(s, charged, budgets, now))
+
+
+def charge_rows(s: Statements, give_back: Mapping[int, int], spend: int) -> Tx[list[Charged]]:
+    """Lock the rows of ``give_back`` (row id → reserved amount to free), free it and charge
+    ``spend`` on each (``money.charge``); return the rows as charged."""
+    ids = lock_order(give_back)
+    locked = yield Run(s.lock_rows(in_size(len(ids))), in_params(ids))
+    updates, charged = [], []
+    for row_id, budget, spent, reserved, limit in locked.rows:
+        new_spent, new_reserved = money.charge(spent, reserved, give_back[row_id], spend)
+        updates.append({"p_id": row_id, "p_spent": new_spent, "p_reserved": new_reserved})
+        charged.append(Charged(row_id, budget, new_spent, limit))
+    if updates:
+        yield Run(s.charge_row, updates, many=True)
+    return charged
+
+
+def queue_alerts(
+    s: Statements, charged: Sequence[Charged], budgets: Mapping[str, BudgetConfig], now: datetime
+) -> Tx[list[int]]:
+    """Queue an alert for every threshold a charged row has reached (``money.alert_crossings``);
+    return the ids of those created now (an existing one is left as it is)."""
+    created: list[int] = []
+    for row in charged:
+        budget = budgets.get(row.budget)
+        if budget is None:
+            continue  # a budget removed from config keeps its rows but sends no more alerts
+        for crossing in money.alert_crossings(budget.alert_thresholds, row.spent, row.limit):
+            params = {
+                "p_id": row.id,
+                "p_threshold": crossing.threshold,
+                "p_fraction": crossing.fraction,
+                "p_channel": budget.channel,
+                "p_created_at": now,
+            }
+            created += [int(r[0]) for r in (yield Run(s.insert_alert, params)).rows]
+    return created
+
+
+def sweep(s: Statements, now: datetime, batch: int) -> Tx[int]:
+    """Release up to ``batch`` holds expired at ``now``; return how many.
+
+    The expired holds are locked first (on PostgreSQL a hold a settle is claiming is skipped),
+    so deleting them is this transaction's claim, as in ``settle``.
+    """
+    expired = (yield Run(s.expired_holds, {"p_now": now, "p_batch": batch})).rows
+    if not expired:
+        return 0
+    amount_of = {hold_id: int(amount) for hold_id, amount in expired}
+    ids, size = list(amount_of), in_size(len(amount_of))
+    yield Run(s.delete_holds(size), in_params(ids))
+    items = (yield Run(s.items_of_holds(size), in_params(ids))).rows
+    yield Run(s.delete_items_of_holds(size), in_params(ids))
+    give_back: dict[int, int] = {}
+    for hold_id, row_id in items:
+        give_back[row_id] = give_back.get(row_id, 0) + amount_of[hold_id]
+    if give_back:
+        yield from charge_rows(s, give_back, 0)
+    return len(ids)
+
+
+def any_expired(s: Statements, now: datetime) -> Tx[bool]:
+    """Whether any hold has expired at ``now`` (a read: no lock is taken)."""
+    return bool((yield Run(s.any_expired_hold, {"p_now": now})).rows)
+
+
+def claim_request(s: Statements, request_id: str, now: datetime) -> Tx[None]:
+    """Claim an idempotency key, or raise ``DuplicateRequest`` if any replica has (keys are kept)."""
+    if (yield Run(s.insert_request_key, {"p_request": request_id, "p_now": now})).rowcount == 0:
+        raise DuplicateRequest(request_id)
+
+
+def ensure_periods(s: Statements, rows: Sequence[Mapping[str, Any]]) -> Tx[list[int]]:
+    """The ids of these ``budget_periods`` rows (all columns but id), creating missing ones clean.
+
+    A new period, or a budget added to config, gets a fresh row on first use: it never inherits
+    older spend. A replica creating the same row at once is harmless (the insert does nothing).
+    """
+    yield Run(s.insert_period, rows, many=True)
+    ids = []
+    for row in rows:
+        key = {f"p_{c}": row[c] for c in ("budget", "scope", "scope_key", "period", "period_start")}
+        ids.append(int((yield Run(s.find_period, key)).rows[0][0]))
+    return ids
