@@ -134,15 +134,15 @@ async def _budget(args: argparse.Namespace) -> int:
     async with build_core() as core:
         statuses = await core.budget_status(Principal.cli())
     if args.json:
-        print(json.dumps(statuses, indent=2))
+        print(json.dumps([s.to_dict() for s in statuses], indent=2))
         return 0
     if not statuses:
         print("no budgets are configured (add them under `budgets:` in config)")
     for s in statuses:
-        resets = f", resets {s['resets_at']}" if s.get("resets_at") else ""
+        resets = f", resets {s.resets_at.isoformat()}" if s.resets_at else ""
         print(
-            f"{s['name']:24} {s['period']:8} spent ${s['spent']} of ${s['limit']} "
-            f"({float(s['fraction_used']) * 100:.1f}%), ${s['remaining']} left{resets}"
+            f"{s.name:24} {s.period:8} spent ${s.spent} of ${s.limit} "
+            f"({s.fraction_used * 100:.1f}%), ${s.remaining} left{resets}"
         )
     return 0
 
@@ -175,15 +175,17 @@ async def _report(args: argparse.Namespace) -> int:
 
 async def _slack(args: argparse.Namespace) -> int:
     from bot.app import build_core
+    from bot.settings import shutdown_grace_from_env
     from bot.slack.app import run_slack_http, run_slack_socket
     from bot.slack.settings import SlackSettings
 
     settings = SlackSettings.from_env()  # fails with a clear message before anything starts
+    grace = shutdown_grace_from_env()  # the same BOT_SHUTDOWN_GRACE as `bot serve`
     async with build_core() as core:
         if settings.app_token:
-            await run_slack_socket(core, settings)
+            await run_slack_socket(core, settings, grace=grace)
         else:
-            await run_slack_http(core, settings, args.host, args.port)
+            await run_slack_http(core, settings, args.host, args.port, grace=grace)
     return 0
 
 

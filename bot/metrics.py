@@ -2,7 +2,7 @@
 
 ``Metrics`` is a ``CallObserver``: registered with ``gateway.add_observer`` it counts every call
 (ok, refused, error, cancelled) by model, provider, surface and outcome, with its tokens, cost and
-latency. Budget gauges are refreshed from ``ledger.status_all()`` when ``/metrics`` is scraped,
+latency. Budget gauges are refreshed from ``gateway.status_all()`` when ``/metrics`` is scraped,
 so they are never stale and cost nothing between scrapes. ``alert_delivered`` is for whatever
 delivers budget alerts (the scheduler) to report each attempt; ``provider_checked`` for the
 background provider check (``bot/readiness.py``) to report each result.
@@ -11,16 +11,19 @@ background provider check (``bot/readiness.py``) to report each result.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bot.core.ledger import Ledger
+from bot.core.ledger import BudgetStatus
 from bot.core.types import CallRecord
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "BudgetSource", "Metrics"]
+
+#: Reads every budget of the current periods, e.g. ``Gateway.status_all``.
+BudgetSource = Callable[[], Awaitable[Sequence[BudgetStatus]]]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
@@ -33,11 +36,14 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 
 
 class Metrics:
-    """Every metric of one server; ``render()`` gives the Prometheus text exposition."""
+    """Every metric of one server; ``render()`` gives the Prometheus text exposition.
 
-    def __init__(self, ledger: Ledger | None = None) -> None:
+    ``budgets`` feeds the budget gauges at each scrape; without it they stay empty.
+    """
+
+    def __init__(self, budgets: BudgetSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._ledger = ledger
+        self._budgets = budgets
         r = self.registry
         self.calls = Counter("llm_calls", "Model calls by outcome.", _CALL_LABELS, registry=r)
         self.tokens = Counter(
@@ -137,11 +143,11 @@ class Metrics:
     # -- exposition ----------------------------------------------------------------------------
 
     async def refresh_budgets(self) -> None:
-        """Reload the budget gauges from the ledger (called at scrape time)."""
-        if self._ledger is None:
+        """Reload the budget gauges from the budget source (called at scrape time)."""
+        if self._budgets is None:
             return
         try:
-            statuses = await self._ledger.status_all()
+            statuses = await self._budgets()
         except Exception:
             # A scrape must still answer when the database hiccups; readiness reports the cause.
             log.warning("could not read budgets for /metrics", exc_info=True)

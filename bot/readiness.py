@@ -22,10 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
-
 from bot.core.gateway import Gateway
-from bot.core.ledger import Ledger
 from bot.core.providers import Provider
 from bot.metrics import Metrics
 
@@ -49,17 +46,16 @@ CHECKING = "checking"
 _CHECK_TIMEOUT = 5.0
 
 
-async def database_status(ledger: Ledger | None) -> str:
-    """``"ok"`` when the ledger's database answers a query within 5 s, else ``"error: …"``."""
-    if ledger is None:
-        return "ok"
+async def database_status(gateway: Gateway, *, within: float = _CHECK_TIMEOUT) -> str:
+    """``"ok"`` when the gateway's ledger answers a query ``within`` seconds, else ``"error: …"``.
+
+    A gateway without a ledger has no database to wait for, so it is ``"ok"``.
+    """
     try:
-        async with asyncio.timeout(_CHECK_TIMEOUT):
-            # The ledger has no public ping; a read transaction on its own engine is the check.
-            async with ledger._db.read() as conn:
-                await conn.execute(sa.text("SELECT 1"))
+        async with asyncio.timeout(within):
+            await gateway.ping_ledger()
     except TimeoutError:
-        return f"error: no answer within {_CHECK_TIMEOUT:g} s"
+        return f"error: no answer within {within:g} s"
     except Exception as exc:
         # SQLAlchemy appends the SQL and a link on further lines: the first says what went wrong.
         first_line = (str(exc).splitlines() or [""])[0]
@@ -177,13 +173,13 @@ class Readiness:
     """
 
     def __init__(self, gateway: Gateway, metrics: Metrics) -> None:
-        self.ledger = gateway.ledger
+        self.gateway = gateway
         keyed = [p for p in gateway.sessions.router.providers.values() if p.has_key]
         self.providers = ProviderWatch(keyed, metrics)
 
     async def check(self, *, started: bool, draining: bool) -> tuple[bool, dict[str, Any]]:
         """``(ready, body)``: the body names every check, what is not ready, and the providers."""
-        checks = {"database": await database_status(self.ledger)}
+        checks = {"database": await database_status(self.gateway)}
         if draining:
             checks["server"] = "shutting down"
         elif not started:

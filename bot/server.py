@@ -38,6 +38,7 @@ from bot.logging_setup import CallLogger, configure_logging, request_id_var, sec
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.readiness import Readiness
 from bot.settings import (
+    DEFAULT_GRACE,
     ServerSettings,
     apply_data_dir,
     bind_socket,
@@ -75,7 +76,7 @@ class ServerState:
 
     metrics: Metrics
     readiness: Readiness
-    grace: float = 30.0
+    grace: float = DEFAULT_GRACE
     draining: bool = False
     in_flight: int = 0
     started: bool = False
@@ -180,7 +181,7 @@ def build_app(
     *,
     slack_settings: Any = None,
     services: Sequence[Service] = (),
-    grace: float = 30.0,
+    grace: float = DEFAULT_GRACE,
 ) -> tuple[ASGIApp, ServerState]:
     """The whole server as one ASGI app, and the state its drain and routes share.
 
@@ -188,7 +189,7 @@ def build_app(
     an app token; ``config.mcp.clients`` enables ``/mcp``. ``services`` start after the faces and
     stop before the gateway closes.
     """
-    metrics = Metrics(gateway.ledger)
+    metrics = Metrics(gateway.status_all)
     gateway.add_observer(metrics)
     gateway.add_observer(CallLogger())
     state = ServerState(metrics, Readiness(gateway, metrics), grace=grace)
@@ -201,7 +202,7 @@ def build_app(
     if slack_settings is not None:
         from bot.slack.app import slack_http_app
 
-        slack_app = slack_http_app(gateway, slack_settings)
+        slack_app = slack_http_app(gateway, slack_settings, grace=grace)
         routes += slack_app.routes
         state.idle_waiters.append(slack_app.state.slack_commands.wait_idle)
         if slack_settings.app_token:

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from bot.core.gateway import Gateway
 
 __all__ = [
+    "DEFAULT_GRACE",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "ServerSettings",
     "apply_data_dir",
     "bind_socket",
     "config_secrets",
+    "shutdown_grace_from_env",
     "slack_settings_from_env",
     "startup_summary",
 ]
@@ -36,6 +38,7 @@ __all__ = [
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = "./data"
+#: Seconds a shutdown waits for calls in flight (``BOT_SHUTDOWN_GRACE``), for every server.
 DEFAULT_GRACE = 30.0
 
 
@@ -66,6 +69,15 @@ def _grace(raw: str) -> float:
     return value
 
 
+def shutdown_grace_from_env(env: Mapping[str, str] | None = None) -> float:
+    """``BOT_SHUTDOWN_GRACE`` in seconds, ``DEFAULT_GRACE`` when unset; ``ConfigurationError`` if invalid.
+
+    ``bot serve`` reads it with the rest of ``ServerSettings``; ``bot slack`` reads it alone.
+    """
+    env = os.environ if env is None else env
+    return _grace(env["BOT_SHUTDOWN_GRACE"]) if env.get("BOT_SHUTDOWN_GRACE") else DEFAULT_GRACE
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """Bind address, port, data folder and shutdown grace period of ``bot serve``."""
@@ -87,9 +99,8 @@ class ServerSettings:
         else:
             number = _port(env["BOT_PORT"], "BOT_PORT") if env.get("BOT_PORT") else DEFAULT_PORT
         host = host or env.get("BOT_HOST") or DEFAULT_HOST
-        grace = _grace(env["BOT_SHUTDOWN_GRACE"]) if env.get("BOT_SHUTDOWN_GRACE") else DEFAULT_GRACE
         data_dir = Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
-        return cls(host=host, port=number, data_dir=data_dir, shutdown_grace=grace)
+        return cls(host=host, port=number, data_dir=data_dir, shutdown_grace=shutdown_grace_from_env(env))
 
     def ensure_data_dir(self) -> Path:
         """Create the data folder if needed and prove it is writable (fail now, not at first call)."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from bot.core.config import McpConfig
 from bot.core.errors import BotError
 from bot.core.gateway import Gateway, tightest
+from bot.core.ledger import BudgetStatus
 from bot.core.types import ChatResult, Principal
 
 __all__ = [
@@ -139,24 +140,33 @@ def _money(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _budget_entry(status: dict[str, Any]) -> BudgetEntry:
+def _budget_entry(status: BudgetStatus) -> BudgetEntry:
     return BudgetEntry(
-        name=str(status["name"]),
-        scope=str(status["scope"]),
-        scope_key=str(status["scope_key"]),
-        period=str(status["period"]),
-        limit_usd=str(status["limit"]),
-        spent_usd=str(status["spent"]),
-        reserved_usd=str(status["reserved"]),
-        remaining_usd=str(status["remaining"]),
-        fraction_used=float(status["fraction_used"]),
-        resets_at=_money(status.get("resets_at")),
-        projected_spend_usd=_money(status.get("projected_spend")),
+        name=status.name,
+        scope=status.scope,
+        scope_key=status.scope_key,
+        period=status.period,
+        limit_usd=str(status.limit),
+        spent_usd=str(status.spent),
+        reserved_usd=str(status.reserved),
+        remaining_usd=str(status.remaining),
+        fraction_used=status.fraction_used,
+        resets_at=None if status.resets_at is None else status.resets_at.isoformat(),
+        projected_spend_usd=_money(status.projected_spend),
     )
 
 
-def _tightest(entries: list[BudgetEntry]) -> BudgetEntry | None:
-    return tightest(entries, lambda e: e.remaining_usd)
+class _Budgets:
+    """The caller's budgets as the tools answer them, and the one with the least left."""
+
+    def __init__(self, statuses: list[BudgetStatus]) -> None:
+        self.entries = [_budget_entry(s) for s in statuses]
+        self.tightest = tightest(statuses)
+
+    @property
+    def remaining_usd(self) -> str | None:
+        """The tightest budget's money left, or None when no budget applies."""
+        return None if self.tightest is None else str(self.tightest.remaining)
 
 
 def _principal() -> Principal:
@@ -166,8 +176,8 @@ def _principal() -> Principal:
     return Principal(surface="mcp", client_id=client)
 
 
-async def _budgets(gateway: Gateway, principal: Principal) -> list[BudgetEntry]:
-    return [_budget_entry(s) for s in await gateway.budget_status(principal)]
+async def _budgets(gateway: Gateway, principal: Principal) -> _Budgets:
+    return _Budgets(await gateway.budget_status(principal))
 
 
 def _wants_progress(ctx: Context[Any, Any]) -> bool:
@@ -196,8 +206,7 @@ def _progress_callback(
     return on_text
 
 
-def _generate_result(result: ChatResult, budgets: list[BudgetEntry]) -> GenerateResult:
-    tightest = _tightest(budgets)
+def _generate_result(result: ChatResult, budgets: _Budgets) -> GenerateResult:
     return GenerateResult(
         text=result.text,
         model=result.model,
@@ -208,8 +217,8 @@ def _generate_result(result: ChatResult, budgets: list[BudgetEntry]) -> Generate
         dry_run=result.dry_run,
         finish_reason=result.finish_reason,
         request_id=result.request_id,
-        remaining_budget_usd=tightest.remaining_usd if tightest else None,
-        tightest_budget=tightest.name if tightest else None,
+        remaining_budget_usd=budgets.remaining_usd,
+        tightest_budget=budgets.tightest.name if budgets.tightest else None,
     )
 
 
@@ -320,11 +329,10 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
             budgets = await _budgets(gateway, principal)
         except BotError as err:
             raise ToolError(str(err)) from err
-        tightest = _tightest(budgets)
         return BudgetStatusResult(
             client=principal.client_id or "",
-            budgets=budgets,
-            remaining_budget_usd=tightest.remaining_usd if tightest else None,
+            budgets=budgets.entries,
+            remaining_budget_usd=budgets.remaining_usd,
         )
 
     @server.tool(
@@ -372,9 +380,8 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
             budgets = await _budgets(gateway, principal)
         except BotError as err:
             raise ResourceError(str(err)) from err
-        tightest = _tightest(budgets)
         result = BudgetStatusResult(
-            client=client, budgets=budgets, remaining_budget_usd=tightest.remaining_usd if tightest else None
+            client=client, budgets=budgets.entries, remaining_budget_usd=budgets.remaining_usd
         )
         return result.model_dump_json(indent=2)
 

@@ -1,29 +1,41 @@
 """``Gateway``: the core as the faces see it, built once by the composition root.
 
 It owns the session factory (and so the provider clients) and the ledger, and answers the
-questions every face asks: make a call for a principal, what are its budgets, which models exist.
+questions every face asks: make a call for a principal, what are its budgets, which models exist,
+what the team spent, and whether the ledger's database answers. Faces go through these methods and
+never reach ``gateway.ledger`` themselves, so the ledger can change without touching them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from operator import itemgetter
+from operator import attrgetter
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self
 from zoneinfo import ZoneInfo
 
 from bot.core.config import AppConfig, Period
+from bot.core.errors import ConfigurationError
 from bot.core.factory import SessionFactory
-from bot.core.ledger import Ledger, period_bounds
+from bot.core.ledger import BudgetStatus, Ledger, SpendRow, period_bounds
 from bot.core.providers import OnText
 from bot.core.session import Addon, CallObserver
 from bot.core.types import ChatResult, ModelInfo, Principal
 
-__all__ = ["Gateway", "tightest"]
+__all__ = ["Gateway", "TeamSpend", "tightest"]
 
-T = TypeVar("T")
+
+@dataclass(frozen=True, slots=True)
+class TeamSpend:
+    """What everyone spent over a time range: per user and per (provider, model), largest first."""
+
+    #: One row per ``team:user`` key (the key budgets use).
+    by_user: list[SpendRow]
+    #: One row per model; ``SpendRow.provider`` names the provider that served it.
+    by_model: list[SpendRow]
 
 
 class Gateway:
@@ -77,16 +89,66 @@ class Gateway:
                 request_id=request_id,
             )
 
-    async def budget_status(self, principal: Principal) -> list[dict[str, Any]]:
-        """Every budget that applies to ``principal``, as JSON-friendly dicts (money as strings)."""
+    @property
+    def has_ledger(self) -> bool:
+        """True when a ledger is configured: spend is recorded and budgets are enforced."""
+        return self.ledger is not None
+
+    def _require_ledger(self, what: str) -> Ledger:
+        if self.ledger is None:
+            raise ConfigurationError(
+                f"no ledger is configured, so {what}",
+                hint="Build the gateway with a ledger (bot.app.open_core without with_ledger=False).",
+            )
+        return self.ledger
+
+    async def ping_ledger(self) -> None:
+        """Check that the ledger's database answers one trivial query; raises what it raised.
+
+        Without a ledger there is nothing to reach, so nothing is checked (and nothing raised).
+        """
+        if self.ledger is not None:
+            await self.ledger.ping()
+
+    async def budget_status(self, principal: Principal) -> list[BudgetStatus]:
+        """Every budget that applies to ``principal`` (empty without a ledger)."""
         if self.ledger is None:
             return []
         await self.sessions.pending.flush()  # the charges of calls that have answered count
-        return [s.to_dict() for s in await self.ledger.status(principal)]
+        return await self.ledger.status(principal)
 
-    async def tightest_budget(self, principal: Principal) -> dict[str, Any] | None:
+    async def tightest_budget(self, principal: Principal) -> BudgetStatus | None:
         """The applicable budget with the least money left (what limits the next call), or None."""
         return tightest(await self.budget_status(principal))
+
+    async def status_all(self) -> list[BudgetStatus]:
+        """Every budget row of the current periods, one per scope key (empty without a ledger).
+
+        For the metrics scrape: it does not wait for the writes in flight, so a scrape stays cheap
+        and its figures are at most one answered call behind.
+        """
+        if self.ledger is None:
+            return []
+        return await self.ledger.status_all()
+
+    async def team_spend(self, start: datetime, end: datetime) -> TeamSpend:
+        """Spend of calls in ``[start, end)`` by user and by model.
+
+        Raises ``ConfigurationError`` without a ledger (check ``has_ledger`` first).
+        """
+        ledger = self._require_ledger("no spend is recorded")
+        await self.sessions.pending.flush()  # as for budget_status: answered calls count
+        return TeamSpend(
+            by_user=await ledger.spend_by_user(start, end), by_model=await ledger.spend_by_model(start, end)
+        )
+
+    async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
+        """Override budget ``name``'s limit persistently and apply it to the current period.
+
+        ``scope_key`` picks one key of a per-key budget (e.g. ``T1:U2``); None overrides every key.
+        Raises ``ConfigurationError`` for an unknown budget, or without a ledger (see ``has_ledger``).
+        """
+        await self._require_ledger("budgets cannot be changed").set_budget_limit(name, scope_key, limit)
 
     def current_period(self, period: Period = "monthly") -> tuple[datetime, datetime]:
         """Start and end (UTC) of the current day/week/month in the configured time zone."""
@@ -115,10 +177,9 @@ class Gateway:
         await self.close()
 
 
-def tightest(statuses: Sequence[T], remaining: Callable[[T], Any] | None = None) -> T | None:
+def tightest(statuses: Iterable[BudgetStatus]) -> BudgetStatus | None:
     """Of budget statuses, the one with the least money left: it limits the next call (None: no budgets).
 
-    ``remaining`` reads an entry's money left (a Decimal or its string); by default ``entry["remaining"]``.
+    Of equal ones the first wins, so the answer is stable for a given order.
     """
-    read: Callable[[Any], Any] = remaining or itemgetter("remaining")
-    return min(statuses, key=lambda s: Decimal(read(s)), default=None)
+    return min(statuses, key=attrgetter("remaining"), default=None)

@@ -22,15 +22,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bot.core.gateway import Gateway
+from bot.settings import DEFAULT_GRACE
 from bot.slack.commands import SlackCommands
 from bot.slack.settings import SlackSettings
 
 __all__ = ["build_bolt_app", "run_slack_http", "run_slack_socket", "slack_http_app", "web_client"]
 
 log = logging.getLogger(__name__)
-
-#: Seconds a shutdown waits for generations in flight, so answers being posted are not cut off.
-SHUTDOWN_GRACE = 30.0
 
 
 def web_client(settings: SlackSettings) -> AsyncWebClient:
@@ -53,8 +51,19 @@ def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp,
     return app, commands
 
 
-def slack_http_app(gateway: Gateway, settings: SlackSettings) -> Starlette:
-    """A Starlette app serving ``POST /slack/events``; ``app.state.slack_commands`` holds the handlers."""
+async def _finish_generations(commands: SlackCommands, grace: float) -> None:
+    """Wait up to ``grace`` seconds for generations in flight, so answers being posted are not cut off."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await commands.wait_idle()
+
+
+def slack_http_app(gateway: Gateway, settings: SlackSettings, *, grace: float = DEFAULT_GRACE) -> Starlette:
+    """A Starlette app serving ``POST /slack/events``; ``app.state.slack_commands`` holds the handlers.
+
+    On shutdown its lifespan gives generations in flight up to ``grace`` seconds
+    (``BOT_SHUTDOWN_GRACE``); inside ``bot serve`` the server's own drain does that instead.
+    """
     bolt, commands = build_bolt_app(gateway, settings)
     handler = AsyncSlackRequestHandler(bolt)
 
@@ -64,23 +73,29 @@ def slack_http_app(gateway: Gateway, settings: SlackSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SHUTDOWN_GRACE):
-                await commands.wait_idle()
+        await _finish_generations(commands, grace)
 
     app = Starlette(routes=[Route("/slack/events", events, methods=["POST"])], lifespan=lifespan)
     app.state.slack_commands = commands
     return app
 
 
-async def run_slack_http(gateway: Gateway, settings: SlackSettings, host: str, port: int) -> None:
+async def run_slack_http(
+    gateway: Gateway, settings: SlackSettings, host: str, port: int, *, grace: float = DEFAULT_GRACE
+) -> None:
     """Serve the Slack endpoint with uvicorn until stopped (the integrator's ``bot slack``)."""
-    config = uvicorn.Config(slack_http_app(gateway, settings), host=host, port=port, lifespan="on")
+    app = slack_http_app(gateway, settings, grace=grace)
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on")
     await uvicorn.Server(config).serve()
 
 
-async def run_slack_socket(gateway: Gateway, settings: SlackSettings) -> None:
-    """Connect over Socket Mode with ``SLACK_APP_TOKEN`` (no public URL needed) until stopped."""
+async def run_slack_socket(
+    gateway: Gateway, settings: SlackSettings, *, grace: float = DEFAULT_GRACE
+) -> None:
+    """Connect over Socket Mode with ``SLACK_APP_TOKEN`` (no public URL needed) until stopped.
+
+    Once stopped, generations in flight get up to ``grace`` seconds to post their answers.
+    """
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
     if not settings.app_token:
@@ -98,6 +113,4 @@ async def run_slack_socket(gateway: Gateway, settings: SlackSettings) -> None:
         # receive/monitor/process tasks, or they linger and keep reconnecting. Then, as over HTTP,
         # let generations in flight post their answers.
         await handler.close_async()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SHUTDOWN_GRACE):
-                await commands.wait_idle()
+        await _finish_generations(commands, grace)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
-from bot.core.ledger import SpendRow
+from bot.core.ledger import BudgetStatus, SpendRow
 from bot.core.types import ModelInfo
 from bot.slack.formatting import progress_bar, usd
 
@@ -52,27 +53,23 @@ def _calls(n: int) -> str:
     return f"{n} call" if n == 1 else f"{n} calls"
 
 
-def _reset(status: dict[str, Any]) -> str:
-    resets = status.get("resets_at")
-    return f"resets {resets[:16].replace('T', ' ')} UTC" if resets else "never resets"
+def _reset(status: BudgetStatus) -> str:
+    resets = status.resets_at
+    return f"resets {resets.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if resets else "never resets"
 
 
-def budget_blocks(statuses: Sequence[dict[str, Any]]) -> list[Block]:
+def budget_blocks(statuses: Sequence[BudgetStatus]) -> list[Block]:
     """One section per budget: name, spent of limit, a progress bar, reset time and projection."""
     if not statuses:
         return [_section("No budget applies to you: your calls are not capped.")]
     blocks: list[Block] = [_header("Your budgets")]
     for status in statuses[: MAX_BLOCKS - 2]:
-        projected = status.get("projected_spend")
+        projected = status.projected_spend
+        held = f" ({usd(status.reserved)} held for calls in flight)" if status.reserved else ""
         lines = [
-            f"*{status['name']}* ({status['scope']}, {status['period']})",
-            f"{usd(status['spent'])} of {usd(status['limit'])} spent · {usd(status['remaining'])} left"
-            + (
-                f" ({usd(status['reserved'])} held for calls in flight)"
-                if Decimal(status["reserved"])
-                else ""
-            ),
-            f"`{progress_bar(float(status['fraction_used']))}`",
+            f"*{status.name}* ({status.scope}, {status.period})",
+            f"{usd(status.spent)} of {usd(status.limit)} spent · {usd(status.remaining)} left{held}",
+            f"`{progress_bar(status.fraction_used)}`",
             _reset(status) + (f" · projected {usd(projected)} this period" if projected is not None else ""),
         ]
         blocks.append(_section("\n".join(lines)))

@@ -133,7 +133,7 @@ class SlackCommands:
             stream.text = result.text
         try:
             tightest = await self.gateway.tightest_budget(principal)
-            remaining = Decimal(tightest["remaining"]) if tightest else None
+            remaining = tightest.remaining if tightest else None
         except Exception:  # the answer matters more than the footer's last figure
             log.exception("budget status failed after a call for %s", principal.label)
             remaining = None
@@ -167,20 +167,17 @@ class SlackCommands:
             await ack(text=f":warning: {err}", response_type="ephemeral")
 
     async def _budget_team(self, ack: AsyncAck) -> None:
-        ledger = self.gateway.ledger
-        if ledger is None:
+        if not self.gateway.has_ledger:
             await ack(text="No ledger is configured, so no spend is recorded.", response_type="ephemeral")
             return
         start, end = self.gateway.current_period("monthly")  # in the ledger's time zone
-        by_user = await ledger.spend_by_user(start, end)
-        by_model = await ledger.spend_by_model(start, end)
+        spend = await self.gateway.team_spend(start, end)
         zone = ZoneInfo(self.gateway.config.database.timezone)
-        blocks = team_blocks(by_user, by_model, start.astimezone(zone).strftime("%B %Y"))
+        blocks = team_blocks(spend.by_user, spend.by_model, start.astimezone(zone).strftime("%B %Y"))
         await ack(text="Team spend this month", blocks=blocks, response_type="ephemeral")
 
     async def _budget_set(self, ack: AsyncAck, args: list[str]) -> None:
-        ledger = self.gateway.ledger
-        if ledger is None:
+        if not self.gateway.has_ledger:
             await ack(
                 text="No ledger is configured, so budgets cannot be changed.", response_type="ephemeral"
             )
@@ -197,7 +194,7 @@ class SlackCommands:
             )
             return
         name, _, key = target.partition(":")
-        await ledger.set_budget_limit(name, key or None, limit)
+        await self.gateway.set_budget_limit(name, key or None, limit)
         scope = f" for `{key}`" if key else ""
         await ack(text=f"Budget `{name}`{scope} is now ${limit} per period.", response_type="ephemeral")
 

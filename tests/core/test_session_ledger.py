@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +22,7 @@ from bot.core import (
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.factory import SessionFactory
 from bot.core.gateway import Gateway
-from bot.core.ledger import Ledger
+from bot.core.ledger import Ledger, transactions
 from tests.conftest import fast_config
 from tests.fakes.upstream import FakeUpstream
 
@@ -66,11 +67,11 @@ async def test_200_concurrent_calls_never_pass_a_ledger_budget_for_20(
     assert ok and refused and len(ok) + len(refused) == 200
     assert gateway.ledger is not None
     totals = await gateway.ledger.totals()
-    status = {s["name"]: s for s in await gateway.budget_status(ALICE)}
+    status = {s.name: s for s in await gateway.budget_status(ALICE)}
     user = status["user-daily"]
-    assert Decimal(user["spent"]) <= Decimal(user["limit"])
-    assert Decimal(user["spent"]) == sum((r.cost_usd for r in ok), Decimal(0))
-    assert Decimal(user["reserved"]) == 0
+    assert user.spent <= user.limit
+    assert user.spent == sum((r.cost_usd for r in ok), Decimal(0))
+    assert user.reserved == 0
     assert len(fake.requests_to(CHAT)) == len(ok)
     assert totals.by_outcome["ok"].calls == len(ok)
     assert totals.by_outcome["refused"].calls == len(refused)
@@ -84,8 +85,8 @@ async def test_failed_call_is_recorded_and_costs_nothing(gateway: Gateway, fake:
     assert gateway.ledger is not None
     totals = await gateway.ledger.totals()
     assert totals.by_outcome["error"].calls == 1
-    status = {s["name"]: s for s in await gateway.budget_status(ALICE)}
-    assert Decimal(status["global"]["spent"]) == 0 and Decimal(status["global"]["reserved"]) == 0
+    status = {s.name: s for s in await gateway.budget_status(ALICE)}
+    assert status["global"].spent == 0 and status["global"].reserved == 0
 
 
 async def test_cancelled_call_releases_its_ledger_hold(gateway: Gateway, fake: FakeUpstream) -> None:
@@ -96,8 +97,8 @@ async def test_cancelled_call_releases_its_ledger_hold(gateway: Gateway, fake: F
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    status = {s["name"]: s for s in await gateway.budget_status(ALICE)}
-    assert Decimal(status["global"]["reserved"]) == 0 and Decimal(status["global"]["spent"]) == 0
+    status = {s.name: s for s in await gateway.budget_status(ALICE)}
+    assert status["global"].reserved == 0 and status["global"].spent == 0
     assert gateway.ledger is not None
     assert (await gateway.ledger.totals()).by_outcome["cancelled"].calls == 1
 
@@ -131,41 +132,29 @@ async def test_observers_see_every_outcome_and_the_alerts_a_call_created(
     assert seen == [("ok", 1), ("error", 0), ("refused", 0)]
 
 
-class FlakyLedger:
-    """A real ledger whose first ``failures`` writes fail as a locked database would."""
+class FlakyWriter:
+    """The ledger's real database writer, whose first ``failures`` settles fail as a database
+    failing over would (a passing ``OperationalError``); every other transaction goes through."""
 
-    def __init__(self, ledger: Ledger, failures: int) -> None:
-        self.ledger = ledger
+    def __init__(self, writer: Any, failures: int) -> None:
+        self._writer = writer
         self.failures = failures
+        self.gate, self.hold_first = writer.gate, writer.hold_first
 
-    def _maybe_fail(self) -> None:
-        if self.failures:
+    async def run(self, make_tx: Any, *, durable: bool = True) -> Any:
+        if self.failures and getattr(make_tx, "func", None) is transactions.settle:
             self.failures -= 1
-            raise OSError("database is locked")
+            raise sqlite3.OperationalError("disk I/O error")
+        return await self._writer.run(make_tx, durable=durable)
 
-    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.ledger.reserve(*args, **kwargs)
+    def write_now(self, make_tx: Any) -> None:
+        return None  # every settle takes the path whose failures this writer simulates
 
-    async def settle(self, hold: Any, record: CallRecord) -> Any:
-        self._maybe_fail()
-        return await self.ledger.settle(hold, record)
+    async def settled(self) -> None:
+        await self._writer.settled()
 
-    async def release(self, hold: Any, record: CallRecord | None = None) -> Any:
-        self._maybe_fail()
-        return await self.ledger.release(hold, record)
-
-    async def record(self, record: CallRecord) -> None:
-        self._maybe_fail()
-        await self.ledger.record(record)
-
-    async def claim_request(self, request_id: str) -> None:
-        await self.ledger.claim_request(request_id)
-
-    def settle_now(self, hold: Any, record: CallRecord) -> None:
-        return None  # every settle takes the path whose failures this ledger simulates
-
-    async def alerts_by_id(self, ids: Sequence[int]) -> Sequence[Any]:
-        return await self.ledger.alerts_by_id(ids)
+    async def close(self) -> None:
+        await self._writer.close()
 
 
 @pytest.mark.parametrize(("failures", "kept"), [(2, True), (3, False)])
@@ -178,9 +167,9 @@ async def test_a_passing_ledger_failure_does_not_lose_the_record(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/f.db"), [])
-    flaky = FlakyLedger(ledger, failures)
+    ledger._writer = FlakyWriter(ledger._writer, failures)
     async with (
-        SessionFactory(fast_config(), ledger=flaky, env=fake_env) as factory,
+        SessionFactory(fast_config(), ledger=ledger, env=fake_env) as factory,
         factory.create() as session,
     ):
         # The answer never waits for the ledger write (bot.core.pending); the write is retried.
@@ -238,8 +227,8 @@ async def test_the_answer_does_not_wait_for_its_ledger_write_but_budget_reads_do
     """The settle runs after the answer (bot.core.pending); a budget read right after sees it."""
     result = await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
     assert len(gateway.sessions.pending) == 1  # answered; the write is still to run
-    (status,) = [s for s in await gateway.budget_status(ALICE) if s["scope"] == "global"]
-    assert Decimal(status["spent"]) == result.cost_usd and Decimal(status["reserved"]) == 0
+    (status,) = [s for s in await gateway.budget_status(ALICE) if s.scope == "global"]
+    assert status.spent == result.cost_usd and status.reserved == 0
     assert len(gateway.sessions.pending) == 0
 
 

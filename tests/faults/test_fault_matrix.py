@@ -92,7 +92,7 @@ class Harness:
     async def budget(self) -> tuple[Decimal, Decimal]:
         """(spent, reserved) of the global budget."""
         (status,) = await self.gateway.budget_status(ALICE)
-        return Decimal(status["spent"]), Decimal(status["reserved"])
+        return status.spent, status.reserved
 
     def price(self, provider: str, row: Row) -> Decimal:
         """What ``row``'s usage costs at ``provider``'s prices."""

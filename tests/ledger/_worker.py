@@ -16,6 +16,7 @@ import random
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Literal
 
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.errors import BudgetExceededError
@@ -118,7 +119,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     budgets = [BudgetConfig(**b) for b in json.loads(args.budgets)]
     # The test's driver: SQLite's writer on the loop (normal) or in its thread (full).
-    synchronous = "full" if os.environ.get("BOT_TEST_SQLITE_SYNCHRONOUS") == "full" else "normal"
+    full = os.environ.get("BOT_TEST_SQLITE_SYNCHRONOUS") == "full"
+    synchronous: Literal["normal", "full"] = "full" if full else "normal"
     config = DatabaseConfig(url=args.url, reservation_ttl_seconds=args.ttl, sqlite_synchronous=synchronous)
     async with await Ledger.open(config, budgets) as ledger:
         await (contend if args.mode == "contend" else loop)(ledger, args)

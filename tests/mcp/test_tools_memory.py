@@ -205,13 +205,13 @@ async def test_cancelled_call_releases_its_reservation(make_gateway: MakeGateway
                 break
             await asyncio.sleep(0.01)
         (held,) = await gateway.budget_status(principal)
-        assert Decimal(held["reserved"]) > 0  # the worst case is held while the call is in flight
+        assert held.reserved > 0  # the worst case is held while the call is in flight
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         for _ in range(300):
             (after,) = await gateway.budget_status(principal)
-            if Decimal(after["reserved"]) == 0:
+            if after.reserved == 0:
                 break
             await asyncio.sleep(0.01)
-    assert Decimal(after["reserved"]) == Decimal(after["spent"]) == Decimal(0)
+    assert after.reserved == after.spent == Decimal(0)

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -25,7 +26,7 @@ from bot.core.ledger import Ledger
 from bot.core.pricing import Pricer
 from bot.core.providers import OpenAIProvider
 from bot.metrics import Metrics
-from bot.readiness import CHECKING, ProviderWatch
+from bot.readiness import CHECKING, ProviderWatch, database_status
 from bot.server import build_app
 from tests.conftest import API_KEY, fast_config
 from tests.fakes.loopback import serve_in_loop as serve
@@ -275,3 +276,36 @@ async def test_with_no_provider_the_warm_up_is_done_at_once() -> None:
     watch.start()
     assert watch.warmed.is_set()
     await watch.stop()
+
+
+async def _no_answer() -> None:
+    raise OSError("connection refused\n(Background on this error at: https://sqlalche.me/e/20/e3q8)")
+
+
+async def _hang() -> None:
+    await asyncio.sleep(60)
+
+
+async def test_readiness_pings_the_ledger_through_the_gateway(
+    tmp_path: Path, fake_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/ledger.db"), [])
+    async with Gateway(fast_config(), ledger=ledger, env=fake_env) as gateway:
+        assert await database_status(gateway) == "ok"  # a real SELECT 1 on the SQLite file
+        app, _ = build_app(gateway, gateway.config)
+        async with serve(app) as url, httpx2.AsyncClient(timeout=10) as http:
+            before = await http.get(f"{url}/readyz")
+            # The database stops answering: ``Ledger.ping`` raises what the driver raised.
+            monkeypatch.setattr(ledger, "ping", _no_answer)
+            during = await http.get(f"{url}/readyz")
+            assert await database_status(gateway) == "error: OSError: connection refused"
+            monkeypatch.setattr(ledger, "ping", _hang)
+            assert await database_status(gateway, within=0.05) == "error: no answer within 0.05 s"
+    assert before.status_code == 200 and before.json()["checks"] == {"database": "ok"}
+    assert during.status_code == 503
+    assert during.json()["not_ready"] == {"database": "error: OSError: connection refused"}
+
+
+async def test_a_gateway_without_a_ledger_has_no_database_to_wait_for(fake_env: dict[str, str]) -> None:
+    async with Gateway(fast_config(), env=fake_env) as gateway:
+        assert await database_status(gateway) == "ok"

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import pytest
 
 from bot.core.config import AppConfig
 from bot.core.errors import ConfigurationError
+from bot.core.ledger import BudgetStatus
 from bot.core.types import CallRecord, Principal, Usage
 from bot.logging_setup import Redactor, configure_logging, request_id_var
 from bot.metrics import Metrics
-from bot.settings import ServerSettings, apply_data_dir
+from bot.settings import DEFAULT_GRACE, ServerSettings, apply_data_dir, shutdown_grace_from_env
 
 
 @pytest.fixture
@@ -111,6 +113,29 @@ async def test_metrics_count_every_outcome_by_surface() -> None:
     assert Metrics().registry is not metrics.registry  # never the global registry
 
 
+async def test_budget_gauges_come_from_the_budget_source_at_each_scrape() -> None:
+    now = datetime(2026, 11, 15, tzinfo=UTC)
+    status = BudgetStatus(
+        "team", "team", "T1", "monthly", Decimal(10), Decimal("2.5"), Decimal(0), Decimal("7.5"), 0.25,
+        now, now, None,
+    )  # fmt: skip
+    answers: list[list[BudgetStatus]] = [[status], []]
+
+    async def source() -> list[BudgetStatus]:
+        if not answers:
+            raise OSError("database gone")
+        return answers.pop(0)
+
+    metrics = Metrics(source)
+    labels = {"budget": "team", "scope": "team", "scope_key": "T1", "period": "monthly"}
+    await metrics.refresh_budgets()
+    assert metrics.registry.get_sample_value("budget_spent_usd", labels) == 2.5
+    assert metrics.registry.get_sample_value("budget_fraction_used", labels) == 0.25
+    await metrics.refresh_budgets()  # the budget is gone: its gauges go too
+    assert metrics.registry.get_sample_value("budget_limit_usd", labels) is None
+    assert b"llm_calls" in await metrics.render()  # a failing source still lets the scrape answer
+
+
 def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     assert ServerSettings.from_env({}) == ServerSettings()
     s = ServerSettings.from_env(
@@ -122,6 +147,14 @@ def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     config = apply_data_dir(AppConfig(), s, {})
     assert config.database.url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/bot.db"
     assert apply_data_dir(AppConfig(), s, {"BOT_DATABASE_URL": "x"}) == AppConfig()
+
+
+def test_one_shutdown_grace_for_bot_serve_and_bot_slack() -> None:
+    assert shutdown_grace_from_env({}) == DEFAULT_GRACE == ServerSettings().shutdown_grace
+    assert shutdown_grace_from_env({"BOT_SHUTDOWN_GRACE": "2.5"}) == 2.5
+    assert ServerSettings.from_env({"BOT_SHUTDOWN_GRACE": "2.5"}).shutdown_grace == 2.5
+    with pytest.raises(ConfigurationError, match="BOT_SHUTDOWN_GRACE"):
+        shutdown_grace_from_env({"BOT_SHUTDOWN_GRACE": "-1"})
 
 
 async def test_the_start_up_heap_is_frozen_once_the_sdks_are_loaded() -> None:

@@ -87,12 +87,12 @@ async def test_budget_set_is_admin_only(make_slack: MakeSlack, fake: FakeUpstrea
     refused = await slack.command("/budget", "set per-user 50")
     assert "admins only" in refused.json()["text"]
     [before] = await slack.gateway.budget_status(principal)
-    assert Decimal(before["limit"]) == 5
+    assert before.limit == 5
 
     done = await slack.command("/budget", f"set per-user:{TEAM}:U1 42.5", user_id=ADMIN)
     assert "now $42.5" in done.json()["text"]
     [after] = await slack.gateway.budget_status(principal)
-    assert Decimal(after["limit"]) == Decimal("42.5")
+    assert after.limit == Decimal("42.5")
 
     unknown = await slack.command("/budget", "set nope 1", user_id=ADMIN)
     assert "unknown budget 'nope'" in unknown.json()["text"]

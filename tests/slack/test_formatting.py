@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
 from bot.core.errors import ConfigurationError
+from bot.core.ledger import BudgetStatus
 from bot.core.types import ChatResult, ModelInfo, Usage
-from bot.slack.blocks import models_blocks
+from bot.slack.blocks import budget_blocks, models_blocks
 from bot.slack.commands import parse_generate
 from bot.slack.dedupe import RetryDeduper, command_key
 from bot.slack.formatting import footer, progress_bar, split_message, to_mrkdwn, usd
@@ -133,3 +138,49 @@ async def test_socket_mode_needs_an_app_token() -> None:
     async with Gateway(fast_config()) as gateway:
         with pytest.raises(ConfigurationError, match="SLACK_APP_TOKEN"):
             await run_slack_socket(gateway, SlackSettings(bot_token="xoxb", signing_secret="s"))
+
+
+def _status(**changes: object) -> BudgetStatus:
+    fields: dict[str, object] = {
+        "name": "per-user", "scope": "user", "scope_key": "T1:U1", "period": "monthly",
+        "limit": Decimal(5), "spent": Decimal("1.25"), "reserved": Decimal(0),
+        "remaining": Decimal("3.75"), "fraction_used": 0.3,
+        "period_start": datetime(2026, 11, 1, tzinfo=UTC), "resets_at": datetime(2026, 12, 1, 5, 30, tzinfo=UTC),
+        "projected_spend": None,
+    }  # fmt: skip
+    fields.update(changes)
+    return BudgetStatus(**fields)  # type: ignore[arg-type]
+
+
+def test_budget_blocks_read_the_typed_statuses() -> None:
+    held = _status(reserved=Decimal("0.5"), remaining=Decimal("3.25"), projected_spend=Decimal("2.5"))
+    total = _status(name="all", scope="global", period="total", resets_at=None, period_start=None)
+    header, first, second = budget_blocks([held, total])
+    assert header["type"] == "header"
+    assert first["text"]["text"] == (
+        "*per-user* (user, monthly)\n"
+        "$1.25 of $5.00 spent · $3.25 left ($0.50 held for calls in flight)\n"
+        "`▓▓▓░░░░░░░ 30%`\n"
+        "resets 2026-12-01 05:30 UTC · projected $2.50 this period"
+    )
+    assert second["text"]["text"].endswith("$3.75 left\n`▓▓▓░░░░░░░ 30%`\nnever resets")
+    assert budget_blocks([])[0]["text"]["text"].startswith("No budget applies to you")
+
+
+async def test_the_slack_apps_shutdown_waits_the_grace_it_was_given() -> None:
+    from bot.core.gateway import Gateway
+    from bot.slack.app import slack_http_app
+    from tests.conftest import fast_config
+
+    async with Gateway(fast_config()) as gateway:
+        app = slack_http_app(gateway, SlackSettings(bot_token="xoxb", signing_secret="s"), grace=0.05)
+        stuck = asyncio.create_task(asyncio.sleep(60))  # a generation that will not finish in time
+        app.state.slack_commands.tasks.add(stuck)
+        started = time.monotonic()
+        async with app.router.lifespan_context(app):
+            pass
+        waited = time.monotonic() - started
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+    assert 0.04 <= waited < 5  # waited for it, but only its grace (the default would be 30 s)
