@@ -37,7 +37,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.core.config import BudgetConfig, DatabaseConfig
-from bot.core.ledger import Ledger, database
+from bot.core.ledger import Ledger
+from bot.core.ledger.drivers import postgres
 from bot.core.types import CallRecord, Principal, Usage
 
 HOLD = Decimal("0.01")
@@ -212,7 +213,7 @@ async def main() -> None:
     parser.add_argument(
         "--pg-write-gate",
         type=int,
-        default=database.PG_CONCURRENT_WRITES,
+        default=postgres.PG_CONCURRENT_WRITES,
         help="write transactions in flight per process on PostgreSQL (to measure the gate's effect)",
     )
     parser.add_argument(
@@ -227,7 +228,7 @@ async def main() -> None:
     parser.add_argument("--prefix", default="op", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    database.PG_CONCURRENT_WRITES = args.pg_write_gate
+    postgres.PG_CONCURRENT_WRITES = args.pg_write_gate
     if args.worker:
         await run_worker(
             args.worker, args.ops, args.concurrency, args.synchronous, args.prefix, args.start_at

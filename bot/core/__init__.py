@@ -26,13 +26,14 @@ from bot.core.types import CallRecord, ChatResult, Message, ModelInfo, Principal
 
 if TYPE_CHECKING:
     from bot.core.factory import SessionFactory
-    from bot.core.session import Addon, CallContext, CallObserver, LLMSession
+    from bot.core.pipeline import Addon
+    from bot.core.session import CallContext, CallObserver, LLMSession
 
 # The provider SDKs take ~2 s to import; names that need them load on first use, so that
 # `import bot.core.ledger` (or the CLI's --help) stays fast.
 _LAZY = {
     "SessionFactory": "bot.core.factory",
-    "Addon": "bot.core.session",
+    "Addon": "bot.core.pipeline",
     "CallContext": "bot.core.session",
     "CallObserver": "bot.core.session",
     "LLMSession": "bot.core.session",

@@ -23,7 +23,7 @@ from bot.core.providers import Provider, ProviderReply
 from bot.core.tokens import conservative_text_tokens
 from bot.core.types import CallRecord, Message, Principal, Usage
 
-__all__ = ["Accountant", "CallContext", "CallObserver", "LedgerPort"]
+__all__ = ["Accountant", "CallContext", "CallObserver", "LedgerPort", "SessionFigures"]
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +107,44 @@ class CallObserver(Protocol):
         """Hear about one call's record and the ledger alerts it created."""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionFigures:
+    """A library session's own budget and token counts (``LLMSession``), kept beside the ledger's.
+
+    Calls made for a face through the ``Gateway`` have none: their budgets are the ledger's.
+    """
+
+    costs: CostTracker
+    tokens: TokenMonitor
+
+    def hold(self, amount: Decimal) -> None:
+        """Hold ``amount`` on the session budget, or raise ``BudgetExceededError``."""
+        self.costs.reserve(amount)
+
+    def release(self, amount: Decimal) -> None:
+        """Give a hold back."""
+        self.costs.release(amount)
+
+    def charge(self, held: Decimal, cost: Decimal, model: str, usage: Usage) -> None:
+        """Charge ``cost`` in place of the hold of ``held``, and count the call's tokens."""
+        self.costs.settle(held, cost, model)
+        self.tokens.record(model, usage)
+
+
 class Accountant:
-    """Holds, charges and records the calls of one session."""
+    """Holds, charges and records every call: one per process, shared by every face and session."""
 
     def __init__(
-        self,
-        costs: CostTracker,
-        tokens: TokenMonitor,
-        ledger: LedgerPort | None,
-        observers: Sequence[CallObserver],
-        pending: PendingWrites,
+        self, ledger: LedgerPort | None, observers: Sequence[CallObserver], pending: PendingWrites
     ) -> None:
-        self.costs = costs
-        self.tokens = tokens
+        """``observers`` is the live list (observers added later hear later calls)."""
         self._ledger = ledger
         self._observers = observers
         self._pending = pending
 
-    async def reserve(self, ctx: CallContext, *, claim_request_id: bool = False) -> Any:
+    async def reserve(
+        self, ctx: CallContext, figures: SessionFigures | None, *, claim_request_id: bool = False
+    ) -> Any:
         """Hold the worst case on the session budget and the ledger; refusals are recorded at $0.
 
         ``claim_request_id``: the id came from the caller as an idempotency key; claim it first,
@@ -132,11 +152,12 @@ class Accountant:
         """
         if claim_request_id and self._ledger is not None:
             await self._ledger.claim_request(ctx.request_id)
-        try:
-            self.costs.reserve(ctx.worst_case_usd)
-        except BotError as err:
-            await self.record_refusal(ctx, err)
-            raise
+        if figures is not None:
+            try:
+                figures.hold(ctx.worst_case_usd)
+            except BotError as err:
+                await self.record_refusal(ctx, err)
+                raise
         if self._ledger is None:
             return None
         try:
@@ -148,7 +169,8 @@ class Accountant:
                 provider=ctx.provider,
             )
         except BaseException as err:
-            self.costs.release(ctx.worst_case_usd)
+            if figures is not None:
+                figures.release(ctx.worst_case_usd)
             if isinstance(err, BotError):
                 await self.record_refusal(ctx, err)
             raise
@@ -211,14 +233,14 @@ class Accountant:
             return replace(usage, output_tokens=max(output, usage.output_tokens), reasoning_tokens=0), True
         return Usage(input_tokens=ctx.input_tokens, output_tokens=output), True
 
-    def settle(self, hold: Any, ctx: CallContext, record: CallRecord) -> None:
+    def settle(self, hold: Any, ctx: CallContext, record: CallRecord, figures: SessionFigures | None) -> None:
         """Charge the real cost in place of the hold; write the record and tell the observers.
 
         The session's own figures change at once; the ledger write and the observers finish
         after the answer, tracked by ``pending`` (see ``bot.core.pending``).
         """
-        self.costs.settle(ctx.worst_case_usd, record.cost_usd, ctx.model)
-        self.tokens.record(ctx.model, record.usage)
+        if figures is not None:
+            figures.charge(ctx.worst_case_usd, record.cost_usd, ctx.model, record.usage)
         if self._ledger is None:
             if self._observers:
                 self._pending.start(self._tell_observers(record, ()))
@@ -245,14 +267,15 @@ class Accountant:
         outcome: Any,
         partial: ProviderReply | None,
         latency: float,
+        figures: SessionFigures | None,
     ) -> None:
         """Give back the hold of a failed call, or charge what a broken call was billed."""
         code = exc.code if isinstance(exc, BotError) else type(exc).__name__
         if isinstance(exc, ProviderError) and exc.billed_unknown and partial is None:
             # Billed, amount unknown: charge the hold itself, the most the call could have cost.
             usage = Usage(input_tokens=ctx.input_tokens, output_tokens=ctx.max_tokens)
-            self.costs.settle(ctx.worst_case_usd, ctx.worst_case_usd, ctx.model)
-            self.tokens.record(ctx.model, usage)
+            if figures is not None:
+                figures.charge(ctx.worst_case_usd, ctx.worst_case_usd, ctx.model, usage)
             record = CallRecord(
                 ctx.request_id, ctx.principal, ctx.provider, ctx.model, outcome, usage, ctx.worst_case_usd,
                 latency, True, code,
@@ -261,14 +284,15 @@ class Accountant:
             # A stream cut after the provider produced text was billed: charge what was used.
             usage, estimated = self.usage_of(provider, partial, ctx, exact_input=True, complete=False)
             cost = provider.calculate_cost(ctx.model, usage)
-            self.costs.settle(ctx.worst_case_usd, cost, ctx.model)
-            self.tokens.record(ctx.model, usage)
+            if figures is not None:
+                figures.charge(ctx.worst_case_usd, cost, ctx.model, usage)
             record = CallRecord(
                 ctx.request_id, ctx.principal, ctx.provider, ctx.model, outcome, usage, cost, latency,
                 estimated, code,
             )  # fmt: skip
         else:
-            self.costs.release(ctx.worst_case_usd)
+            if figures is not None:
+                figures.release(ctx.worst_case_usd)
             record = CallRecord(
                 ctx.request_id,
                 ctx.principal,

@@ -9,9 +9,10 @@ from typing import Any, Self
 
 from bot.core.config import AppConfig
 from bot.core.pending import PendingWrites
+from bot.core.pipeline import Addon, CallPipeline
 from bot.core.pricing import Pricer
 from bot.core.providers import Provider, ProviderRouter
-from bot.core.session import Addon, CallObserver, LedgerPort, LLMSession
+from bot.core.session import CallObserver, LedgerPort, LLMSession
 from bot.core.types import ModelInfo, Principal
 
 __all__ = ["SessionFactory"]
@@ -37,7 +38,14 @@ class SessionFactory:
         #: Told about every call of every session (metrics, immediate alert delivery).
         self.observers: list[CallObserver] = list(observers)
         self.pending = PendingWrites()
-        """Ledger writes of every session still finishing after their answer (``flush`` waits)."""
+        """Ledger writes of every call still finishing after their answer (``flush`` waits)."""
+        self.pipeline = CallPipeline(self.router, self.config.session, ledger, self.observers, self.pending)
+        """The one way a call is made, shared by the ``Gateway`` and every session."""
+
+    @property
+    def addons(self) -> list[Addon]:
+        """The addons run around every call of the ``Gateway`` and of every session made here."""
+        return self._addons
 
     def create(
         self,
@@ -61,6 +69,7 @@ class SessionFactory:
             addons=self._addons,
             observers=self.observers,
             pending=self.pending,
+            pipeline=self.pipeline,
         )
 
     def provider(self, name: str) -> Provider:

@@ -76,18 +76,22 @@ class Gateway:
         on_text: OnText | None = None,
         request_id: str | None = None,
     ) -> ChatResult:
-        """One call for ``principal``, charged to every budget that applies to it."""
-        async with self.sessions.create(principal=principal) as session:
-            return await session.chat(
-                prompt,
-                model=model,
-                system=system,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                dry_run=dry_run,
-                on_text=on_text,
-                request_id=request_id,
-            )
+        """One call for ``principal``, charged to every budget that applies to it.
+
+        It runs straight through the process's one ``CallPipeline``: no session is built per call.
+        """
+        return await self.sessions.pipeline.run(
+            principal,
+            prompt,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            dry_run=dry_run,
+            on_text=on_text,
+            request_id=request_id,
+            addons=self.sessions.addons,
+        )
 
     @property
     def has_ledger(self) -> bool:

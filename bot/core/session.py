@@ -1,12 +1,8 @@
-"""``LLMSession``: every call made through the gateway goes through here.
+"""``LLMSession``: a budgeted conversation with the providers, the library API of the core.
 
-The flow of one call: validate → resolve the model → count input tokens → price the worst case →
-reserve it on the session budget and on every persistent budget (all or nothing) → call the
-provider → price the usage it reported → answer, while the settle (ledger row, alerts,
-observers) is written at once or runs right after in its own task (``bot.core.accounting``,
-``bot.core.pending``); on any failure or
-cancellation the hold is released before the error is raised. A refused call costs nothing and
-is recorded as refused.
+A session has its own budget (``CostTracker``), token counts (``TokenMonitor``) and alerts
+(``AlertManager``) on top of the persistent ledger's, and runs every call through the process's
+one ``CallPipeline`` (``bot.core.pipeline``), as the faces do through the ``Gateway``.
 """
 
 from __future__ import annotations
@@ -19,31 +15,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
-from bot.core.accounting import Accountant, CallContext, CallObserver, LedgerPort
+from bot.core.accounting import CallContext, CallObserver, LedgerPort, SessionFigures
 from bot.core.config import SessionDefaults
-from bot.core.errors import AddonError, BotError, ProviderError, TokenLimitError, ValidationError
+from bot.core.errors import BotError, ValidationError
 from bot.core.monitoring import AlertCallback, AlertManager, CostTracker, TokenMonitor
 from bot.core.pending import PendingWrites
-from bot.core.providers import ChatRequest, OnText, Provider, ProviderRouter
-from bot.core.types import CallRecord, ChatResult, Message, Principal, Usage, new_request_id
+from bot.core.pipeline import Addon, CallPipeline
+from bot.core.providers import OnText, ProviderRouter
+from bot.core.types import ChatResult, Message, Principal, new_request_id
 
 __all__ = ["Addon", "CallContext", "CallObserver", "LLMSession", "LedgerPort"]
 
 log = logging.getLogger(__name__)
-
-
-class Addon(Protocol):
-    """A hook around every call; ``before_call`` may veto a call by raising."""
-
-    name: str
-
-    async def before_call(self, ctx: CallContext) -> None:
-        """Run before the money is held; raising refuses the call (``AddonError``)."""
-
-    async def after_call(self, ctx: CallContext, result: ChatResult) -> None:
-        """Run after a successful call; a failure is logged, never raised."""
 
 
 class LLMSession:
@@ -61,20 +46,27 @@ class LLMSession:
         addons: Sequence[Addon] = (),
         observers: Sequence[CallObserver] = (),
         pending: PendingWrites | None = None,
+        pipeline: CallPipeline | None = None,
     ) -> None:
-        """``pending``: where ledger writes finishing after their answer are tracked; a session
-        given none tracks its own and waits for them when it ends."""
+        """``pipeline``: the process's (``SessionFactory``'s); a session given none builds its own
+        from ``router``, ``ledger`` and ``observers``. ``pending``: where ledger writes finishing
+        after their answer are tracked; a session given neither tracks its own and waits for
+        them when it ends."""
         self.defaults = defaults or SessionDefaults()
         self.principal = principal or Principal.cli()
         self._session_id: str | None = None
         self.dry_run = dry_run
-        self._router = router
         self._addons = list(addons)
         self.costs = CostTracker(self.defaults.budget_usd if budget_usd is None else budget_usd)
         self.tokens = TokenMonitor()
-        self._own_pending = pending is None
-        self.pending = PendingWrites() if pending is None else pending
-        self._accounts = Accountant(self.costs, self.tokens, ledger, list(observers), self.pending)
+        self._figures = SessionFigures(self.costs, self.tokens)
+        # A session that builds its own pipeline and tracks its own writes waits for them at exit.
+        self._own_pending = pipeline is None and pending is None
+        if pipeline is None:
+            own = PendingWrites() if pending is None else pending
+            pipeline = CallPipeline(router, self.defaults, ledger, list(observers), own)
+        self._pipeline = pipeline
+        self.pending = pipeline.pending
         self.alerts = AlertManager(list(self.defaults.alert_thresholds))
         self._calls: list[ChatResult] = []
         self._started: float | None = None
@@ -157,7 +149,7 @@ class LLMSession:
         on_text: OnText | None = None,
         request_id: str | None = None,
     ) -> ChatResult:
-        """Make one call within budget; see the module docstring for the flow.
+        """Make one call within budget (``CallPipeline.run``) and count it in this session.
 
         ``request_id`` is an idempotency key: a face that may receive the same request twice
         (Slack retries it) passes one derived from the request, and the ledger refuses a second
@@ -165,50 +157,22 @@ class LLMSession:
         """
         if not self.is_active:
             raise ValidationError(["the session is not active"], hint="Use it inside `async with session:`.")
-        model = model or self.defaults.default_model
-        max_tokens = self.defaults.max_tokens if max_tokens is None else max_tokens
-        temperature = self.defaults.temperature if temperature is None else temperature
-        messages = self._messages(prompt, system)
-        self._validate(messages, max_tokens, temperature)
-        provider = self._router.resolve(model)
-        info = await provider.get_model_info(model)
-        upstream = provider.upstream_model(model)
-        counted = await provider.count_tokens(messages, model)
-        if info.context_window and counted.tokens + max_tokens > info.context_window:
-            raise TokenLimitError(
-                model,
-                provider=provider.provider_name,
-                tokens=counted.tokens + max_tokens,
-                limit=info.context_window,
-            )
-        worst = provider.estimate_cost(model, counted.tokens, max_tokens)
-        caller_key = request_id is not None
-        request_id = request_id or new_request_id()
-        if self.dry_run if dry_run is None else dry_run:
-            result = ChatResult(
-                "", model, provider.provider_name, Usage(input_tokens=counted.tokens), worst, 0.0, request_id,
-                cost_estimated=True, dry_run=True,
-            )  # fmt: skip
-            self._calls.append(result)
-            return result
-        ctx = CallContext(
-            request_id,
+        result = await self._pipeline.run(
             self.principal,
-            model,
-            provider.provider_name,
-            messages,
-            max_tokens,
-            counted.tokens,
-            worst,
+            prompt,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            dry_run=self.dry_run if dry_run is None else dry_run,
+            on_text=on_text,
+            request_id=request_id,
+            addons=self._addons,
+            figures=self._figures,
         )
-        if self._addons:
-            await self._run_hooks("before_call", ctx)
-        hold = await self._accounts.reserve(ctx, claim_request_id=caller_key)
-        request = ChatRequest(messages, upstream, max_tokens, temperature, on_text)
-        result = await self._call(provider, request, ctx, hold, exact_input=counted.exact)
-        await self.alerts.check(self.costs.spent, self.costs.budget)
-        if self._addons:
-            await self._run_hooks("after_call", ctx, result)
+        self._calls.append(result)
+        if not result.dry_run:
+            await self.alerts.check(self.costs.spent, self.costs.budget)
         return result
 
     async def batch_generate(
@@ -228,69 +192,6 @@ class LLMSession:
                     return err
 
         return list(await asyncio.gather(*(one(p) for p in prompts)))
-
-    # -- the steps -------------------------------------------------------------------------------
-
-    def _messages(self, prompt: str | Sequence[Message], system: str | None) -> list[Message]:
-        messages = [Message("user", prompt)] if isinstance(prompt, str) else list(prompt)
-        if system:
-            messages.insert(0, Message("system", system))
-        return messages
-
-    def _validate(self, messages: Sequence[Message], max_tokens: int, temperature: float | None) -> None:
-        problems = []
-        if not any(m.role == "user" and m.content.strip() for m in messages):
-            problems.append("the prompt is empty: write what you want the model to do")
-        size = sum(len(m.content) for m in messages)
-        if size > self.defaults.max_prompt_chars:
-            problems.append(
-                f"the prompt is {size} characters, more than the limit of {self.defaults.max_prompt_chars}"
-            )
-        if not 0 < max_tokens <= 200_000:
-            problems.append(f"max_tokens must be between 1 and 200000, got {max_tokens}")
-        if temperature is not None and not 0 <= temperature <= 2:
-            problems.append(f"temperature must be between 0 and 2, got {temperature}")
-        if problems:
-            raise ValidationError(problems)
-
-    async def _run_hooks(self, hook: str, ctx: CallContext, *args: Any) -> None:
-        for addon in self._addons:
-            try:
-                await getattr(addon, hook)(ctx, *args)
-            except Exception as exc:
-                if hook == "before_call":
-                    raise AddonError(getattr(addon, "name", type(addon).__name__), exc) from exc
-                log.exception("addon after_call failed", extra={"addon": getattr(addon, "name", "?")})
-
-    async def _call(
-        self, provider: Provider, request: ChatRequest, ctx: CallContext, hold: Any, *, exact_input: bool
-    ) -> ChatResult:
-        started = time.perf_counter()
-        try:
-            reply = await provider.chat(request)
-        except BaseException as exc:
-            latency = (time.perf_counter() - started) * 1000
-            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-            partial = exc.partial if isinstance(exc, ProviderError) else None
-            # Shielded: a cancelled task must still give its money back and leave its record.
-            await asyncio.shield(
-                self._accounts.charge_failure(provider, ctx, hold, exc, outcome, partial, latency)
-            )
-            raise
-        latency = (time.perf_counter() - started) * 1000
-        usage, estimated = self._accounts.usage_of(provider, reply, ctx, exact_input)
-        cost = provider.calculate_cost(ctx.model, usage)
-        record = CallRecord(
-            ctx.request_id, self.principal, ctx.provider, ctx.model, "ok", usage, cost, latency, estimated
-        )
-        # The provider has billed this call: the write runs on even if the caller hangs up now.
-        self._accounts.settle(hold, ctx, record)
-        result = ChatResult(
-            reply.text, ctx.model, ctx.provider, usage, cost, latency, ctx.request_id, reply.finish_reason,
-            cost_estimated=estimated,
-        )  # fmt: skip
-        self._calls.append(result)
-        return result
 
     # -- export ----------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.accounting import Accountant, CallContext
+from bot.core.accounting import Accountant, CallContext, SessionFigures
 from bot.core.config import DatabaseConfig
 from bot.core.errors import BudgetExceededError
 from bot.core.ledger import Ledger
@@ -226,10 +226,10 @@ async def test_a_settle_written_at_once_is_written_again_if_its_transaction_is_l
     try:
         await warm(ledger)
         pending = PendingWrites()
-        accountant = Accountant(CostTracker(), TokenMonitor(), ledger, [], pending)
+        accountant = Accountant(ledger, [], pending)
         hold = await reserve(ledger, "r1")
         ctx = CallContext("r1", ALICE, "gpt-test", "openai", [], 10, 5, Decimal("0.1"))
-        accountant.settle(hold, ctx, record(hold, "0.02"))
+        accountant.settle(hold, ctx, record(hold, "0.02"), SessionFigures(CostTracker(), TokenMonitor()))
         assert len(pending) == 1  # written, waiting for its commit
 
         def half_done(conn: sqlite3.Connection) -> None:

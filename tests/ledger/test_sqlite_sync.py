@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from bot.core.config import DatabaseConfig
 from bot.core.ledger import Ledger
 from bot.core.ledger.drivers.sqlite import SqliteWriter
+from bot.core.ledger.schema import UTCDateTime
 from bot.core.ledger.wal_sync import CHECKPOINT_EVERY_WRITES, WalSyncer
 
 from .conftest import ALICE, budget, record
@@ -156,3 +162,13 @@ async def test_a_url_with_query_options_runs_the_same_writer_as_a_plain_path(tmp
         assert (await ledger.totals()).calls == 2
     finally:
         await ledger.close()
+
+
+@given(st.datetimes(timezones=st.timezones(), min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+def test_a_datetime_is_stored_as_sqlalchemys_own_datetime_text(value: datetime) -> None:
+    """``UTCDateTime``'s quick SQLite bind writes exactly what SQLAlchemy's DATETIME would."""
+    dialect = sqlite_dialect.dialect()
+    ours = UTCDateTime().bind_processor(dialect)
+    theirs = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None and theirs is not None
+    assert ours(value) == theirs(value.astimezone(UTC).replace(tzinfo=None))

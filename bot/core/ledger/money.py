@@ -101,9 +101,9 @@ class Crossing(NamedTuple):
 
 
 @lru_cache(maxsize=64)
-def _exact(threshold: float) -> Decimal:
-    """The threshold as written: Decimal(str(0.8)) is 0.8, the float itself is not."""
-    return Decimal(str(threshold))
+def _exact(threshold: float) -> tuple[int, int]:
+    """The threshold as written, as a fraction: 0.8 is 4/5 (the float itself is not)."""
+    return Decimal(str(threshold)).as_integer_ratio()
 
 
 def alert_crossings(thresholds: Sequence[float], spent: int, limit: int) -> list[Crossing]:
@@ -115,4 +115,9 @@ def alert_crossings(thresholds: Sequence[float], spent: int, limit: int) -> list
     """
     if limit <= 0:
         return []
-    return [Crossing(t, spent / limit) for t in thresholds if spent >= _exact(t) * limit]
+    reached = []
+    for t in thresholds:
+        numerator, denominator = _exact(t)
+        if spent * denominator >= numerator * limit:  # integers: exact at the boundary
+            reached.append(Crossing(t, spent / limit))
+    return reached

@@ -72,20 +72,21 @@ class _Executor:
         self._dialect = dialect
         self._compiled: dict[Any, Compiled] = {}
 
-    def __call__(self, conn: sqlite3.Connection, run: Run) -> Result:
-        compiled = self._compiled.get(run.statement)
-        if compiled is None:
-            compiled = self._compiled[run.statement] = Compiled(run.statement, self._dialect)
-        if run.many:
-            cursor = conn.executemany(compiled.sql, [compiled.args(p) for p in run.params])
-            return Result((), cursor.rowcount)
-        cursor = conn.execute(compiled.sql, compiled.args(run.params))
-        rows = cursor.fetchall() if cursor.description is not None else ()
-        return Result(rows, cursor.rowcount)
-
     def transaction(self, conn: sqlite3.Connection, make_tx: MakeTx[T]) -> T:
         """Run a fresh transaction from ``make_tx`` on ``conn`` (inside a BEGIN someone made)."""
-        return drive(make_tx(), lambda run: self(conn, run))
+        compiled_of, dialect = self._compiled, self._dialect
+
+        def execute(run: Run) -> Result:
+            compiled = compiled_of.get(run.statement)
+            if compiled is None:
+                compiled = compiled_of[run.statement] = Compiled(run.statement, dialect)
+            if run.many:
+                cursor = conn.executemany(compiled.sql, [compiled.args(p) for p in run.params])
+                return Result((), cursor.rowcount)
+            cursor = conn.execute(compiled.sql, compiled.args(run.params))
+            return Result(cursor.fetchall() if cursor.description is not None else (), cursor.rowcount)
+
+        return drive(make_tx(), execute)
 
 
 class SqliteWriter:
