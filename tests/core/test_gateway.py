@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.accounting import CallContext
 from bot.core.config import BudgetConfig, DatabaseConfig
-from bot.core.errors import ConfigurationError
+from bot.core.errors import AddonError, ConfigurationError
 from bot.core.gateway import Gateway, tightest
 from bot.core.ledger import BudgetStatus, Ledger
-from bot.core.types import Principal
+from bot.core.types import ChatResult, Principal
 from tests.conftest import fast_config
 from tests.fakes.upstream import FakeUpstream
 
@@ -88,3 +89,35 @@ async def test_ping_ledger_answers_while_the_database_does(gateway: Gateway) -> 
 
 def test_tightest_of_no_budgets_is_none() -> None:
     assert tightest([]) is None
+
+
+class Gatekeeper:
+    """An addon that refuses prompts containing "secret" and remembers what it let through."""
+
+    name = "gatekeeper"
+
+    def __init__(self) -> None:
+        self.answered: list[str] = []
+
+    async def before_call(self, ctx: CallContext) -> None:
+        if "secret" in ctx.messages[-1].content:
+            raise PermissionError("prompts about secrets are not allowed here")
+
+    async def after_call(self, ctx: CallContext, result: ChatResult) -> None:
+        self.answered.append(result.request_id)
+
+
+async def test_the_gateways_calls_run_its_addons_and_a_veto_costs_nothing(
+    tmp_path: Path, fake_env: dict[str, str], fake: FakeUpstream
+) -> None:
+    """Addons given to the Gateway run around every call of the one pipeline (no session per call)."""
+    ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/a.db"), BUDGETS)
+    gatekeeper = Gatekeeper()
+    async with Gateway(fast_config(), ledger=ledger, env=fake_env, addons=[gatekeeper]) as gateway:
+        ok = await gateway.generate(ALICE, "hello", model="gpt-4o-mini", max_tokens=20)
+        with pytest.raises(AddonError, match="gatekeeper"):
+            await gateway.generate(ALICE, "the secret plan", model="gpt-4o-mini", max_tokens=20)
+        assert gatekeeper.answered == [ok.request_id]
+        assert len(fake.requests_to("/v1/chat/completions")) == 1  # the veto reached no provider
+        (status,) = [s for s in await gateway.budget_status(ALICE) if s.name == "global"]
+        assert status.spent == ok.cost_usd and status.reserved == 0

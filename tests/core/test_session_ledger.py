@@ -167,7 +167,7 @@ async def test_a_passing_ledger_failure_does_not_lose_the_record(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ledger = await Ledger.open(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/f.db"), [])
-    ledger._writer = FlakyWriter(ledger._writer, failures)
+    ledger._db.writer = FlakyWriter(ledger._db.writer, failures)
     async with (
         SessionFactory(fast_config(), ledger=ledger, env=fake_env) as factory,
         factory.create() as session,

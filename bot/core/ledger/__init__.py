@@ -2,10 +2,23 @@
 
 Budgets are checked and held atomically before a call (``Ledger.reserve``), charged at the real
 cost after it (``settle``) or freed (``release``); the ledger runs on SQLite or PostgreSQL.
+Every money rule is in ``money.py``, every write transaction in ``transactions.py``, run by the
+database's one writer (``drivers/``).
 """
 
 from bot.core.ledger.ledger import Clock, Ledger
 from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
 from bot.core.ledger.periods import period_bounds
+from bot.core.ledger.settlement import Settlement
 
-__all__ = ["Alert", "BudgetStatus", "Clock", "Hold", "Ledger", "SpendRow", "Totals", "period_bounds"]
+__all__ = [
+    "Alert",
+    "BudgetStatus",
+    "Clock",
+    "Hold",
+    "Ledger",
+    "Settlement",
+    "SpendRow",
+    "Totals",
+    "period_bounds",
+]

@@ -19,34 +19,33 @@ they apply are ``money.py``'s.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from bot.core.config import BudgetConfig, DatabaseConfig
-from bot.core.errors import BotError, BudgetExceededError, ConfigurationError, DuplicateRequestError
-from bot.core.ledger import alerts, queries, transactions
+from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
+from bot.core.ledger import queries, transactions
 from bot.core.ledger.database import Database
-from bot.core.ledger.drivers import MakeTx
 from bot.core.ledger.migrations import migrate
-from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.models import BudgetStatus, Hold, SpendRow, Totals
 from bot.core.ledger.money import from_nanos, to_nanos
 from bot.core.ledger.outbox import Outbox
 from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
+from bot.core.ledger.settlement import CallWrites, Settlement, call_row
 from bot.core.ledger.statements import statements_for
-from bot.core.ledger.transactions import DuplicateRequest, NothingWritten, Refusal, lock_order
+from bot.core.ledger.transactions import DuplicateRequest, Refusal, lock_order
 from bot.core.types import CallRecord, Principal
 
-__all__ = ["Clock", "Ledger", "Settlement", "call_row"]
+__all__ = ["Clock", "Ledger", "Settlement"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -56,59 +55,10 @@ Clock = Callable[[], datetime]
 
 #: Expired holds released per sweep transaction (keeps each transaction short).
 _SWEEP_BATCH = 500
-#: Tries at one write of a call's record (a locked SQLite file, a PostgreSQL failover).
-_WRITE_ATTEMPTS = 3
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def call_row(record: CallRecord) -> dict[str, Any]:
-    """The calls row of ``record``, by column name (checks the record's timestamp is aware)."""
-    p, u = record.principal, record.usage
-    if record.created_at.tzinfo is None:
-        raise ValueError("CallRecord.created_at must be timezone-aware")
-    return {
-        "request_id": record.request_id,
-        "created_at": record.created_at,
-        "surface": p.surface,
-        "principal": p.label,
-        "team_id": p.team_id,
-        "user_id": p.user_id,
-        "channel_id": p.channel_id,
-        "client_id": p.client_id,
-        "provider": record.provider,
-        "model": record.model,
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_tokens": u.cache_read_tokens,
-        "cache_write_tokens": u.cache_write_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "cost_nano_usd": to_nanos(record.cost_usd, what="cost_usd"),
-        "cost_estimated": record.cost_estimated,
-        "latency_ms": float(record.latency_ms),
-        "outcome": record.outcome,
-        "error_code": record.error_code,
-    }
-
-
-class Settlement:
-    """A settle or release under way: await it for the alerts it created, once it is committed.
-
-    ``future`` is the same result for whoever tracks the write without awaiting it (it fails
-    only when the write failed after its retries). Awaiting never cancels the write.
-    """
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[list[Alert]]) -> None:
-        """Wrap the future of the write's commit."""
-        self.future = future
-
-    def __await__(self) -> Generator[Any, None, list[Alert]]:
-        """Wait for the commit; return the alerts the call created."""
-        return asyncio.shield(self.future).__await__()
 
 
 class Ledger:
@@ -123,7 +73,6 @@ class Ledger:
     ) -> None:
         """Use ``Ledger.open``, which also migrates the database."""
         self._db = db
-        self._writer = db.writer
         self._s = statements_for(db.backend)
         self._budgets = tuple(budgets)
         self._by_name = {b.name: b for b in self._budgets}
@@ -133,7 +82,7 @@ class Ledger:
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
         self._period_ids: dict[tuple[str, str, str, str, datetime], int] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes = CallWrites(db)
         self.outbox = Outbox(db, self._by_name, self._tz, self._now)
         """Claiming and delivering alerts, job-made alert kinds, job runs (see ``outbox.py``)."""
 
@@ -160,8 +109,7 @@ class Ledger:
 
     async def close(self) -> None:
         """Finish the writes under way, then close every database connection."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._writes.finish()
         await self._db.dispose()
 
     async def __aenter__(self) -> Self:
@@ -210,26 +158,6 @@ class Ledger:
         keys = call_scope_keys(principal, model=model, provider=provider)
         return applicable_budgets(self._budgets, keys, now, self._tz)
 
-    def _start(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-
-    async def _write(self, make_tx: MakeTx[T]) -> T:
-        """Run a transaction that records a call, retrying a passing database failure: a record
-        is never dropped quietly (each of these transactions is idempotent per request)."""
-        for attempt in range(_WRITE_ATTEMPTS):
-            try:
-                return await self._writer.run(make_tx)
-            except (BotError, NothingWritten, ValueError, TypeError):
-                raise  # our own refusal or a programming error: retrying cannot help
-            except Exception:
-                if attempt + 1 == _WRITE_ATTEMPTS:
-                    raise
-                log.warning("a ledger write failed; retrying", exc_info=True)
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
-
     # -- reserve / settle / release ------------------------------------------------------------
 
     async def reserve(
@@ -273,10 +201,10 @@ class Ledger:
             "expires_at": hold.expires_at,
         }
         limits = {row_id: self._limit_nanos[t.budget.name] for row_id, t in target_of.items()}
-        reserve = partial(transactions.reserve, self._s, row, limits, hold_first=self._writer.hold_first)
+        reserve = partial(transactions.reserve, self._s, row, limits, hold_first=self._db.writer.hold_first)
         try:
             # Not durable: SQLite's lock keeps the hold safe until its commit (``sqlite_batch``).
-            await self._writer.run(reserve, durable=False)
+            await self._db.writer.run(reserve, durable=False)
         except Refusal as r:
             t = target_of[r.row_id]
             raise BudgetExceededError(
@@ -310,7 +238,7 @@ class Ledger:
                 }
                 for t in missing
             ]
-            ids = await self._writer.run(partial(transactions.ensure_periods, self._s, rows))
+            ids = await self._db.writer.run(partial(transactions.ensure_periods, self._s, rows))
             # Only once committed: a rolled-back row has no id to keep.
             self._period_ids.update(zip((t.key for t in missing), ids, strict=True))
         return {self._period_ids[t.key]: t for t in targets}
@@ -342,48 +270,7 @@ class Ledger:
         call = None if record is None else call_row(record)
         held, rows = to_nanos(hold.amount), hold.budget_period_ids
         make = partial(transactions.settle, self._s, call, hold.id, held, rows, self._by_name, self._now())
-        future: asyncio.Future[list[Alert]] = asyncio.get_running_loop().create_future()
-        try:
-            written = self._writer.write_now(make)
-        except Exception:  # never fail the answer here: the write is made again alone, and logged
-            log.warning("a settle could not be written at once; writing it alone", exc_info=True)
-            written = None
-        if written is None:
-            self._start(self._settle_alone(make, future))
-        else:
-            alert_ids, committed = written
-            committed.add_done_callback(partial(self._committed, make, alert_ids, future))
-        return Settlement(future)
-
-    def _committed(
-        self,
-        make: MakeTx[list[int]],
-        alert_ids: list[int],
-        future: asyncio.Future[list[Alert]],
-        committed: asyncio.Future[None],
-    ) -> None:
-        if committed.cancelled() or committed.exception() is not None:
-            # Nothing was written (the shared transaction was lost): once more, alone, with retries.
-            self._start(self._settle_alone(make, future))
-        elif alert_ids:
-            self._start(self._resolve(future, alerts.alerts_by_id(self._db, alert_ids)))
-        else:
-            future.set_result([])
-
-    async def _settle_alone(self, make: MakeTx[list[int]], future: asyncio.Future[list[Alert]]) -> None:
-        async def write() -> list[Alert]:
-            return await alerts.alerts_by_id(self._db, await self._write(make))
-
-        await self._resolve(future, write())
-
-    @staticmethod
-    async def _resolve(future: asyncio.Future[T], work: Coroutine[Any, Any, T]) -> None:
-        try:
-            future.set_result(await work)
-        except BaseException as exc:
-            future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        return self._writes.settle(make)
 
     async def record(self, record: CallRecord) -> None:
         """Write a call that had no hold, e.g. a refused call at $0. Idempotent per request_id.
@@ -397,12 +284,12 @@ class Ledger:
         if call["cost_nano_usd"]:
             targets = self._targets(record.principal, record.model, record.provider, now)
             row_ids = list(await self._period_rows(targets, now))
-        await self._write(partial(transactions.record, self._s, call, row_ids, self._by_name, now))
+        await self._writes.write(partial(transactions.record, self._s, call, row_ids, self._by_name, now))
 
     async def claim_request(self, request_id: str) -> None:
         """Claim an idempotency key; ``DuplicateRequestError`` if any replica did (keys are kept)."""
         try:
-            await self._writer.run(partial(transactions.claim_request, self._s, request_id, self._now()))
+            await self._db.writer.run(partial(transactions.claim_request, self._s, request_id, self._now()))
         except DuplicateRequest:
             raise DuplicateRequestError(request_id) from None
 
@@ -415,7 +302,7 @@ class Ledger:
                 return 0
         released = 0
         while True:
-            count = await self._writer.run(partial(transactions.sweep, self._s, now, _SWEEP_BATCH))
+            count = await self._db.writer.run(partial(transactions.sweep, self._s, now, _SWEEP_BATCH))
             released += count
             if count < _SWEEP_BATCH:
                 return released
