@@ -1,13 +1,13 @@
 """Every write transaction of the ledger, written once and run by every driver.
 
-A transaction is a generator: it yields each statement to run (a ``Run``) and is sent back its
-``Result``, and it decides what to write with the pure rules of ``money.py``. It does no I/O of
+A transaction is a generator: it yields each statement to run with its parameters (a ``Run``)
+and is sent back its ``Result``, and it decides what to write with the pure rules of ``money.py``. It does no I/O of
 its own, so the same code runs synchronously on a ``sqlite3`` connection (on the event loop or
 in a thread) and asynchronously on PostgreSQL (``drivers/``); the driver owns BEGIN, COMMIT and
 ROLLBACK. The rules every transaction keeps:
 
 - budget rows are read and locked with one statement, in one order for every transaction
-  (descending id: ``lock_order``), so replicas never deadlock; on PostgreSQL the lock makes a
+  (descending id, ``lock_order``; the statement orders them), so replicas never deadlock; on PostgreSQL the lock makes a
   concurrent writer wait for our commit, on SQLite we are the only writer anyway;
 - deleting a hold's row is its claim: of settle, release and the sweeper racing on one hold,
   exactly one deletes it, and only that one gives its money back;
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from bot.core.config import BudgetConfig
 from bot.core.ledger import money
@@ -51,20 +51,12 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Run(NamedTuple):
-    """One statement for the driver to run: with one set of parameters, or with each of ``params``
-    when ``many``."""
-
-    statement: Any
-    params: Any
-    many: bool = False
-
-
-class Result(NamedTuple):
-    """What a statement gave back: its rows (empty unless it returns rows) and its row count."""
-
-    rows: Sequence[Sequence[Any]]
-    rowcount: int
+#: One statement for the driver to run, ``(statement, params)``: once with a dict of parameters,
+#: or once per dict with a list of them. (Plain tuples: a transaction yields several per call.)
+Run = tuple[Any, Any]
+#: What a statement gave back, ``(rows, rowcount)``: its rows (empty unless it returns rows) and
+#: its row count.
+Result = tuple[Sequence[Sequence[Any]], int]
 
 
 #: A transaction that returns a ``T``.
@@ -91,13 +83,8 @@ class DuplicateRequest(NothingWritten):
         self.request_id = request_id
 
 
-class Charged(NamedTuple):
-    """A budget row after a charge: what its alerts are decided on."""
-
-    id: int
-    budget: str
-    spent: int
-    limit: int
+#: A budget row after a charge, ``(id, budget, spent, limit)``: what its alerts are decided on.
+Charged = tuple[int, str, int, int]
 
 
 def lock_order(row_ids: Iterable[int]) -> list[int]:
@@ -121,28 +108,30 @@ def reserve(
     shared transaction).
     """
     amount = int(hold["amount_nano_usd"])
-    order = lock_order(config_limits)
+    ids = list(config_limits)
     if hold_first:
-        yield from _insert_hold(s, hold, order)
+        yield from _insert_hold(s, hold, ids)
     updates = []
-    if order:
-        locked = yield Run(s.lock_rows_to_reserve(in_size(len(order))), in_params(order))
-        for row_id, spent, reserved, exact, every_key in locked.rows:
+    if ids:
+        # The statement locks (and returns) the rows in lock order.
+        locked, _ = yield s.lock_rows_to_reserve(in_size(len(ids))), in_params(ids)
+        for row_id, spent, reserved, exact, every_key in locked:
             limit = money.limit_in_force(exact, every_key, config_limits[row_id])
             if not money.fits(spent, reserved, amount, limit):
                 raise Refusal(row_id, limit, spent, reserved)
             updates.append({"p_id": row_id, "p_reserved": reserved + amount, "p_limit": limit})
     if not hold_first:
-        yield from _insert_hold(s, hold, order)
+        yield from _insert_hold(s, hold, ids)
     if updates:
-        yield Run(s.reserve_row, updates, many=True)
+        yield s.reserve_row, updates
 
 
-def _insert_hold(s: Statements, hold: Mapping[str, Any], order: Sequence[int]) -> Tx[None]:
-    if (yield Run(s.insert_hold, hold)).rowcount == 0:
+def _insert_hold(s: Statements, hold: Mapping[str, Any], ids: Sequence[int]) -> Tx[None]:
+    _, inserted = yield s.insert_hold, hold
+    if inserted == 0:
         raise DuplicateRequest(hold["request_id"])
-    if order:
-        yield Run(s.insert_hold_item, [{"p_hold": hold["id"], "p_row": i} for i in order], many=True)
+    if ids:
+        yield s.insert_hold_item, [{"p_hold": hold["id"], "p_row": i} for i in ids]
 
 
 def settle(
@@ -162,10 +151,11 @@ def settle(
     expiry was given back by the sweeper); the cost is charged to its rows either way.
     """
     spend = 0 if call is None else int(call["cost_nano_usd"])
-    if call is not None and (yield Run(s.insert_call, call)).rowcount == 0:
-        spend = 0
-    if (yield Run(s.delete_hold, {"p_hold": hold_id})).rowcount:
-        yield Run(s.delete_hold_items, {"p_hold": hold_id})
+    if call is not None and (yield s.insert_call, call)[1] == 0:
+        spend = 0  # recorded already: a repeated settle charges nothing
+    _, claimed = yield s.delete_hold, {"p_hold": hold_id}
+    if claimed:
+        yield s.delete_hold_items, {"p_hold": hold_id}
     else:
         held = 0
     if not row_ids or (held == 0 and spend == 0):
@@ -184,7 +174,7 @@ def record(
     """Write a call that had no hold (a refusal at $0); a cost is charged to ``row_ids`` if the row
     is new. Returns the ids of the alerts it created."""
     spend = int(call["cost_nano_usd"])
-    if (yield Run(s.insert_call, call)).rowcount == 0 or spend == 0 or not row_ids:
+    if (yield s.insert_call, call)[1] == 0 or spend == 0 or not row_ids:
         return []
     charged = yield from charge_rows(s, dict.fromkeys(row_ids, 0), spend)
     return (yield from queue_alerts(s, charged, budgets, now))
@@ -193,15 +183,17 @@ def record(
 def charge_rows(s: Statements, give_back: Mapping[int, int], spend: int) -> Tx[list[Charged]]:
     """Lock the rows of ``give_back`` (row id → reserved amount to free), free it and charge
     ``spend`` on each (``money.charge``); return the rows as charged."""
-    ids = lock_order(give_back)
-    locked = yield Run(s.lock_rows(in_size(len(ids))), in_params(ids))
-    updates, charged = [], []
-    for row_id, budget, spent, reserved, limit in locked.rows:
+    ids = list(give_back)
+    # The statement locks (and returns) the rows in lock order.
+    locked, _ = yield s.lock_rows(in_size(len(ids))), in_params(ids)
+    updates: list[dict[str, int]] = []
+    charged: list[Charged] = []
+    for row_id, budget, spent, reserved, limit in locked:
         new_spent, new_reserved = money.charge(spent, reserved, give_back[row_id], spend)
         updates.append({"p_id": row_id, "p_spent": new_spent, "p_reserved": new_reserved})
-        charged.append(Charged(row_id, budget, new_spent, limit))
+        charged.append((row_id, budget, new_spent, limit))
     if updates:
-        yield Run(s.charge_row, updates, many=True)
+        yield s.charge_row, updates
     return charged
 
 
@@ -211,19 +203,20 @@ def queue_alerts(
     """Queue an alert for every threshold a charged row has reached (``money.alert_crossings``);
     return the ids of those created now (an existing one is left as it is)."""
     created: list[int] = []
-    for row in charged:
-        budget = budgets.get(row.budget)
+    for row_id, name, spent, limit in charged:
+        budget = budgets.get(name)
         if budget is None:
             continue  # a budget removed from config keeps its rows but sends no more alerts
-        for crossing in money.alert_crossings(budget.alert_thresholds, row.spent, row.limit):
+        for crossing in money.alert_crossings(budget.alert_thresholds, spent, limit):
             params = {
-                "p_id": row.id,
+                "p_id": row_id,
                 "p_threshold": crossing.threshold,
                 "p_fraction": crossing.fraction,
                 "p_channel": budget.channel,
                 "p_created_at": now,
             }
-            created += [int(r[0]) for r in (yield Run(s.insert_alert, params)).rows]
+            rows, _ = yield s.insert_alert, params
+            created += [int(r[0]) for r in rows]
     return created
 
 
@@ -233,14 +226,14 @@ def sweep(s: Statements, now: datetime, batch: int) -> Tx[int]:
     The expired holds are locked first (on PostgreSQL a hold a settle is claiming is skipped),
     so deleting them is this transaction's claim, as in ``settle``.
     """
-    expired = (yield Run(s.expired_holds, {"p_now": now, "p_batch": batch})).rows
+    expired, _ = yield s.expired_holds, {"p_now": now, "p_batch": batch}
     if not expired:
         return 0
     amount_of = {hold_id: int(amount) for hold_id, amount in expired}
     ids, size = list(amount_of), in_size(len(amount_of))
-    yield Run(s.delete_holds(size), in_params(ids))
-    items = (yield Run(s.items_of_holds(size), in_params(ids))).rows
-    yield Run(s.delete_items_of_holds(size), in_params(ids))
+    yield s.delete_holds(size), in_params(ids)
+    items, _ = yield s.items_of_holds(size), in_params(ids)
+    yield s.delete_items_of_holds(size), in_params(ids)
     give_back: dict[int, int] = {}
     for hold_id, row_id in items:
         give_back[row_id] = give_back.get(row_id, 0) + amount_of[hold_id]
@@ -251,12 +244,13 @@ def sweep(s: Statements, now: datetime, batch: int) -> Tx[int]:
 
 def any_expired(s: Statements, now: datetime) -> Tx[bool]:
     """Whether any hold has expired at ``now`` (a read: no lock is taken)."""
-    return bool((yield Run(s.any_expired_hold, {"p_now": now})).rows)
+    rows, _ = yield s.any_expired_hold, {"p_now": now}
+    return bool(rows)
 
 
 def claim_request(s: Statements, request_id: str, now: datetime) -> Tx[None]:
     """Claim an idempotency key, or raise ``DuplicateRequest`` if any replica has (keys are kept)."""
-    if (yield Run(s.insert_request_key, {"p_request": request_id, "p_now": now})).rowcount == 0:
+    if (yield s.insert_request_key, {"p_request": request_id, "p_now": now})[1] == 0:
         raise DuplicateRequest(request_id)
 
 
@@ -266,9 +260,10 @@ def ensure_periods(s: Statements, rows: Sequence[Mapping[str, Any]]) -> Tx[list[
     A new period, or a budget added to config, gets a fresh row on first use: it never inherits
     older spend. A replica creating the same row at once is harmless (the insert does nothing).
     """
-    yield Run(s.insert_period, rows, many=True)
+    yield s.insert_period, list(rows)
     ids = []
     for row in rows:
         key = {f"p_{c}": row[c] for c in ("budget", "scope", "scope_key", "period", "period_start")}
-        ids.append(int((yield Run(s.find_period, key)).rows[0][0]))
+        found, _ = yield s.find_period, key
+        ids.append(int(found[0][0]))
     return ids

@@ -1,7 +1,7 @@
 """The PostgreSQL writer: the ledger's transactions through SQLAlchemy's async engine (asyncpg).
 
 READ COMMITTED: a transaction locks the budget rows it changes with ``SELECT … FOR UPDATE`` in
-the one lock order (``transactions.lock_order``), so replicas serialise per row and never
+the one lock order (descending id, ``transactions.lock_order``), so replicas serialise per row and never
 deadlock. At most ``PG_CONCURRENT_WRITES`` write transactions per process run at once: every
 call locks the same global row, and a transaction holding that lock must not wait behind dozens
 of others for the event loop (measured in docs/benchmarks.md). PostgreSQL's own durable commits
@@ -28,9 +28,9 @@ PG_CONCURRENT_WRITES = 8
 
 
 async def _execute(conn: AsyncConnection, run: Run) -> Result:
-    result = await conn.execute(run.statement, run.params)
-    rows = result.all() if result.returns_rows else ()
-    return Result(rows, result.rowcount)
+    statement, params = run  # a list of parameter dicts: executemany
+    result = await conn.execute(statement, params)
+    return (result.all() if result.returns_rows else ()), result.rowcount
 
 
 class PostgresWriter:

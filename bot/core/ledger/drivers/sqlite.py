@@ -38,38 +38,43 @@ T = TypeVar("T")
 
 
 class Compiled:
-    """One Core statement compiled for SQLite: its SQL and how to bind a dict of parameters."""
+    """One Core statement compiled for SQLite: its SQL (named parameters) and how to bind them.
 
-    __slots__ = ("_fixed", "_plain", "_processed", "sql")
+    The parameters are handed to ``sqlite3`` as the transaction's dict, by name: only the values
+    of columns whose type converts them (datetimes, booleans) are converted first.
+    """
+
+    __slots__ = ("_fixed", "_processors", "plain", "sql")
 
     def __init__(self, statement: Any, dialect: Dialect) -> None:
-        """Compile ``statement`` once for ``dialect`` (SQLite's; its paramstyle is ``qmark``)."""
+        """Compile ``statement`` once for ``dialect`` (SQLite's, with ``named`` parameters)."""
         compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
-        names = list(compiled.positiontup or ())
+        processors = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        self._processors = tuple(processors.items())
         # Values fixed in the statement itself (SQLite's OFFSET beside a bound LIMIT).
-        self._fixed = {n: compiled.binds[n].value for n in names if compiled.binds[n].value is not None}
-        processors = []
-        for name in names:
-            kind = compiled.binds[name].type
-            processors.append(kind.dialect_impl(dialect).bind_processor(dialect))
-        self._plain = tuple(names) if not any(processors) else None
-        self._processed = tuple(zip(names, processors, strict=True))
+        self._fixed = {n: b.value for n, b in compiled.binds.items() if b.value is not None}
+        self.plain = not self._processors and not self._fixed
+        """Whether the parameters go to ``sqlite3`` as they are (no ``args`` needed)."""
 
-    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The positional arguments for ``params`` (by name), each converted as its column's type."""
-        if self._fixed:
-            params = {**self._fixed, **params}
-        if self._plain is not None:
-            return tuple([params[n] for n in self._plain])
-        return tuple([params[n] if p is None else p(params[n]) for n, p in self._processed])
+    def args(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A copy of ``params`` with the fixed values added and the typed values converted."""
+        values = {**self._fixed, **params}
+        for name, process in self._processors:
+            values[name] = process(values[name])
+        return values
 
 
 class _Executor:
     """Runs a transaction's statements on a ``sqlite3`` connection (compiled once each)."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self._dialect = dialect
+        # The engine's own dialect, with named parameters: sqlite3 binds a dict by name in C.
+        self._dialect: Dialect = type(dialect)(paramstyle="named")  # type: ignore[call-arg]
         self._compiled: dict[Any, Compiled] = {}
 
     def transaction(self, conn: sqlite3.Connection, make_tx: MakeTx[T]) -> T:
@@ -77,14 +82,17 @@ class _Executor:
         compiled_of, dialect = self._compiled, self._dialect
 
         def execute(run: Run) -> Result:
-            compiled = compiled_of.get(run.statement)
+            statement, params = run
+            compiled = compiled_of.get(statement)
             if compiled is None:
-                compiled = compiled_of[run.statement] = Compiled(run.statement, dialect)
-            if run.many:
-                cursor = conn.executemany(compiled.sql, [compiled.args(p) for p in run.params])
-                return Result((), cursor.rowcount)
-            cursor = conn.execute(compiled.sql, compiled.args(run.params))
-            return Result(cursor.fetchall() if cursor.description is not None else (), cursor.rowcount)
+                compiled = compiled_of[statement] = Compiled(statement, dialect)
+            if type(params) is list:
+                if not compiled.plain:
+                    params = [compiled.args(p) for p in params]
+                cursor = conn.executemany(compiled.sql, params)
+                return (), cursor.rowcount
+            cursor = conn.execute(compiled.sql, params if compiled.plain else compiled.args(params))
+            return (cursor.fetchall() if cursor.description is not None else ()), cursor.rowcount
 
         return drive(make_tx(), execute)
 
