@@ -3,10 +3,10 @@
 Why: CPython's full (generation 2) collection walks every object that survived two younger
 collections. After start-up that is ~320,000 objects here (the config, SQLAlchemy's tables,
 genai-prices' price data, both SDKs' types), none of which will ever become garbage. A full
-collection comes every few thousand calls and paused the event loop ~90 ms each time
-(docs/benchmarks.md): a latency spike for whoever was waiting, and ~30 µs per call on average.
+collection comes every few thousand calls and paused the event loop for tens of milliseconds
+(docs/benchmarks.md): a latency spike for whoever was waiting.
 ``gc.freeze()`` moves everything alive now into a permanent generation the collector skips, so
-later full collections walk only what was allocated since (0.5–0.8 ms measured). It is the standard remedy
+later full collections walk only what was allocated since. It is the standard remedy
 (CPython's ``gc.freeze`` documentation; Instagram's "Dismissing Python Garbage Collection").
 
 Nothing frozen is ever collected, so this runs once, after a ``gc.collect()``, when start-up's
@@ -15,10 +15,9 @@ own garbage is gone: ``bot serve`` calls it once the providers' SDKs are loaded.
 It also raises the youngest generation's threshold from 700 to ``YOUNG_THRESHOLD``. Why: that
 threshold counts allocations minus deallocations of *any* generation. With 50 calls in flight
 each call's objects outlive a few young collections, are promoted, and die in generation 1, so
-the count keeps falling back while generation 0 fills with the live calls' objects: measured,
-every young collection then walked 6,000–10,000 objects, 1.3–2 ms each, every ~40 calls:
-~45 µs of the loop's CPU per call (docs/benchmarks.md, "Core overhead"). At 10,000, 1,500 calls
-at 50 in flight ran no young collection at all, and the rare one walks what it always did.
+the count keeps falling back while generation 0 fills with the live calls' objects, and every
+young collection walks thousands of them (measured in docs/benchmarks.md, "Core overhead"). At 10,000, calls at 50 in flight run
+almost no young collection, and the rare one walks what it always did.
 Cyclic garbage waits longer for it, bounded by those 10,000 objects (a few MB).
 """
 

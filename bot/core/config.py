@@ -146,7 +146,7 @@ class DatabaseConfig(_Strict):
     #: SQLite only. "normal": a commit is in the WAL file when it returns, so it survives the
     #: process dying at once; a background fsync of the WAL puts it on disk within
     #: ``sqlite_sync_interval_ms``, the most a power loss or kernel crash can take. "full": every
-    #: commit waits for its fsync (0.3-1 ms more per write on a VM disk, two writes per call).
+    #: commit waits for its fsync (docs/benchmarks.md has the cost; two writes per call).
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     sqlite_sync_interval_ms: int = Field(default=100, gt=0, le=60_000)
 

@@ -3,10 +3,10 @@
 Why: a successful call's settle (charge the real cost, write the calls row, queue alerts, tell the
 observers) used to run before the caller got its answer. It adds nothing the caller needs: the
 cost is known before it, the hold keeps the worst case reserved until it commits, so no later
-call can overspend meanwhile, and it is retried on a passing database failure. So it runs as a
-task started at once, in the same event-loop turn: the answer is not delayed by it (~0.5 ms
-after an idle spell, docs/benchmarks.md), and a caller that hangs up cannot interrupt it. The ledger
-often writes it right away, into SQLite's shared transaction of the loop turn, and hands back
+call can overspend meanwhile, and it is retried on a passing database failure. So it is started at
+once, in the same event-loop turn, and finishes after the answer (what that saves is measured in
+docs/benchmarks.md), and a caller that hangs up cannot interrupt it. The ledger often writes it
+right away, into SQLite's shared transaction of the loop turn, and hands back
 the future of its commit (``Ledger.settle``), which is tracked here (``track``).
 
 What keeps that safe: whoever reads budgets or closes the core first waits for the writes in

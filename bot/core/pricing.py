@@ -164,7 +164,7 @@ class Pricer:
         simple = _genai_rates(upstream, provider_id)
         if simple is not None and simple[1]:
             # Four flat per-token prices (most models): the same sums as calc_price, without its
-            # generic unit machinery (~0.15 ms a call). A test checks both agree on every such
+            # generic unit machinery (measured in docs/benchmarks.md). A test checks both agree on every such
             # model of the snapshot.
             return _cost_from_rates(simple[0], usage)
         found = _lookup(upstream, provider_id)

@@ -46,7 +46,7 @@ def row_to_alert(row: Any) -> Alert:
 
 
 async def alerts_by_id(db: Database, ids: Sequence[int]) -> list[Alert]:
-    """The alerts with these ids, by id (used after the hot path committed them)."""
+    """The alerts with these ids, by id (a settle's, once committed)."""
     if not ids:
         return []
     async with db.read() as conn:

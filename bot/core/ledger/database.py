@@ -78,7 +78,7 @@ def normalise_url(raw: str) -> tuple[URL, Backend]:
 
 
 def configure_sqlite(dbapi_connection: Any, synchronous: Synchronous = "full") -> None:
-    """Set up a new SQLite connection (SQLAlchemy's, or the hot path's plain ``sqlite3`` one)."""
+    """Set up a new SQLite connection (SQLAlchemy's, or the writer's plain ``sqlite3`` one)."""
     # Stop the driver from issuing its own (deferred) BEGIN; _on_begin issues ours.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()

@@ -39,7 +39,7 @@ from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import BudgetStatus, Hold, SpendRow, Totals
 from bot.core.ledger.money import from_nanos, to_nanos
 from bot.core.ledger.outbox import Outbox
-from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys
+from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys, period_bounds
 from bot.core.ledger.settlement import CallWrites, Settlement, call_row
 from bot.core.ledger.statements import statements_for
 from bot.core.ledger.transactions import DuplicateRequest, Refusal, lock_order
@@ -356,4 +356,7 @@ class Ledger:
         nanos = to_nanos(limit, what="limit")
         if nanos == 0:
             raise ValueError("a budget limit must be greater than zero")
-        await queries.set_budget_limit(self._db, budget, scope_key, nanos, self._now(), self._tz)
+        key = "*" if scope_key is None or budget.scope == "global" else scope_key
+        now = self._now()
+        start, _ = period_bounds(budget.period, now, self._tz)
+        await self._db.writer.run(partial(transactions.set_override, self._s, budget, key, nanos, start, now))

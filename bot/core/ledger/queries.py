@@ -17,7 +17,6 @@ from bot.core.ledger.periods import Target, period_bounds
 from bot.core.ledger.schema import budget_overrides, budget_periods, calls, from_nanos
 
 __all__ = [
-    "set_budget_limit",
     "spend_by_day",
     "spend_by_model",
     "spend_by_surface",
@@ -284,32 +283,3 @@ async def totals(db: Database, start: datetime | None, end: datetime | None) -> 
     rows.sort(key=lambda r: (order.get(r.outcome, 9), r.outcome))
     by_outcome = {r.outcome: _spend_row(r.outcome, r) for r in rows}
     return Totals(total=_sum_rows("total", rows), by_outcome=by_outcome)
-
-
-async def set_budget_limit(
-    db: Database, budget: BudgetConfig, scope_key: str | None, limit: int, now: datetime, tz: ZoneInfo
-) -> None:
-    """Store an override (``scope_key`` None means every key: ``*``) and apply it to the current rows."""
-    key = "*" if scope_key is None or budget.scope == "global" else scope_key
-    start, _ = period_bounds(budget.period, now, tz)
-    async with db.write() as conn:
-        await conn.execute(
-            db.upsert(budget_overrides, ["budget", "scope_key"], ["limit_nano_usd", "updated_at"]).values(
-                budget=budget.name, scope_key=key, limit_nano_usd=limit, updated_at=now
-            )
-        )
-        current = [
-            _bp.budget == budget.name,
-            _bp.scope == budget.scope,
-            _bp.period == budget.period,
-            _bp.period_start == start,
-        ]
-        if key == "*" and budget.scope != "global":
-            # Keys with an override of their own keep it: an exact key wins over "*".
-            exact = sa.select(budget_overrides.c.scope_key).where(
-                budget_overrides.c.budget == budget.name, budget_overrides.c.scope_key != "*"
-            )
-            current.append(_bp.scope_key.not_in(exact))
-        elif budget.scope != "global":
-            current.append(_bp.scope_key == key)
-        await conn.execute(sa.update(budget_periods).where(*current).values(limit_nano_usd=limit))

@@ -162,6 +162,37 @@ class Statements:
             .on_conflict_do_nothing(index_elements=list(_PERIOD_KEY))
         )
         """A clean budget period row; nothing when one exists (a replica may race to create it)."""
+        upsert = insert(budget_overrides).values(
+            budget=_bind("p_budget"),
+            scope_key=_bind("p_key"),
+            limit_nano_usd=_bind("p_limit"),
+            updated_at=_bind("p_now", type_=UTCDateTime()),
+        )
+        self.upsert_override = upsert.on_conflict_do_update(
+            index_elements=["budget", "scope_key"],
+            set_={"limit_nano_usd": upsert.excluded.limit_nano_usd, "updated_at": upsert.excluded.updated_at},
+        )
+        """An admin's override of a budget's limit for one key (or ``*``: every key)."""
+        self.overrides_of = sa.select(_bo.scope_key, _bo.limit_nano_usd).where(
+            _bo.budget == _bind("p_budget")
+        )
+        """Every override of one budget: scope key, limit."""
+        self.current_rows = (
+            sa.select(_bp.id, _bp.scope_key)
+            .where(
+                _bp.budget == _bind("p_budget"),
+                _bp.scope == _bind("p_scope"),
+                _bp.period == _bind("p_period"),
+                _bp.period_start == _bind("p_start", type_=UTCDateTime()),
+            )
+            .order_by(_bp.id.desc())
+            .with_for_update(key_share=True)
+        )
+        """A budget's rows of one period, locked in lock order: id, scope key."""
+        self.set_row_limit = (
+            sa.update(budget_periods).where(_bp.id == _bind("p_id")).values(limit_nano_usd=_bind("p_limit"))
+        )
+        """A row's limit in force."""
         self.find_period = sa.select(_bp.id).where(
             *(_bp[c] == _bind(f"p_{c}", type_=_bp[c].type) for c in _PERIOD_KEY)
         )

@@ -1,9 +1,8 @@
 """Durability under SQLite's ``synchronous = NORMAL``: the WAL is synced shortly after every write.
 
-Why not ``FULL``: it makes every commit wait for an fsync of the WAL. On this project's VM disk
-that is 0.1 ms back to back but 0.4-0.9 ms after a few hundred ms of idleness (measured in
-docs/benchmarks.md), and a call commits twice (reserve, settle): alone it would blow the
-gateway's 1 ms budget of added latency. In WAL mode with ``NORMAL`` a commit is written to the
+Why not ``FULL``: it makes every commit wait for an fsync of the WAL, slowest after an idle spell
+(the figures are in docs/benchmarks.md), and a call commits twice (reserve, settle): alone it
+would blow the gateway's 1 ms budget of added latency. In WAL mode with ``NORMAL`` a commit is written to the
 WAL file without waiting: it survives the process crashing at once (the operating system has
 it), and the database is never corrupted; only a power loss or kernel crash can lose commits not
 yet synced. ``WalSyncer`` fsyncs the WAL file in a worker thread at most ``interval`` after any
@@ -13,10 +12,9 @@ crash loses anyway (every call in flight, billed by the provider but never answe
 
 It syncs the file rather than checkpointing because the first commit after a full checkpoint
 restarts the WAL and SQLite syncs the new WAL header then, even under ``NORMAL``: checkpointing
-every interval put an fsync back into the next commit (0.43 → 0.88 ms per transaction after idle
-spells). The WAL still has to be checkpointed into the database file now and then, which SQLite
-does every 1000 pages on its own; the hot path's connection turns that off so that no commit on
-the event loop pays for a checkpoint (``sqlite_fast``), so this does it in its thread every
+every interval put an fsync back into the next commit (measured, docs/benchmarks.md). The WAL still has to be checkpointed into the database file now and then, which SQLite
+does every 1000 pages on its own; the SQLite writer's loop connection turns that off so that no commit on
+the event loop pays for a checkpoint (``drivers/sqlite.py``), so this does it in its thread every
 ``CHECKPOINT_EVERY_WRITES`` writes.
 """
 

@@ -1,11 +1,10 @@
-"""Group commit for the SQLite hot path on the event loop: one ``COMMIT`` per loop turn, not per call.
+"""Group commit for the SQLite writer on the event loop: one ``COMMIT`` per loop turn, not per call.
 
-Why: under ``synchronous = NORMAL`` a hot-path transaction runs on the event loop (see
-``drivers/sqlite.py``), and its ``COMMIT`` is most of its cost: ~45 µs to write the ~8 pages it touched
-to the WAL, against ~3 µs for each statement. With calls in flight, the reserves and settles of
-one loop turn touch the same pages (the budget rows, the holds), so one commit for all of them
-writes each page once. Measured with 50 calls in flight and the provider call replaced by a
-canned reply: 253 → 176 µs of CPU per call (docs/benchmarks.md, "Core overhead").
+Why: under ``synchronous = NORMAL`` a ledger transaction runs on the event loop (see
+``drivers/sqlite.py``), and its ``COMMIT`` (writing every page it touched to the WAL) is most of
+its cost, far more than its statements. With calls in flight, the reserves and settles of one
+loop turn touch the same pages (the budget rows, the holds), so one commit for all of them
+writes each page once (the measured gain is in docs/benchmarks.md, "Core overhead").
 
 How: the first write of a loop turn takes the database's write gate, runs ``BEGIN IMMEDIATE``
 and schedules the ``COMMIT`` with ``loop.call_soon``, so it runs at the start of the next turn.
@@ -26,7 +25,7 @@ hold's row that commits a moment later. If that commit fails (a full disk), the 
 with it, which is what the sweeper does to a crashed process's holds anyway: the call's settle
 then finds no hold and charges the budgets all the same (the rows its ``Hold`` names); until
 then, other calls could take that money. Waiting for the commit in every reserve would close
-that gap for a failing disk, at ~0.13 ms of the loop's CPU per call at 50 in flight (measured).
+that gap for a failing disk, at a cost to every call measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
