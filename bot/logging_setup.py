@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from bot.core.redaction import Redactor
+
 __all__ = [
+    "REFUSAL_SCOPE_KEY",
     "CallLogger",
     "JsonFormatter",
     "PlainFormatter",
@@ -31,17 +33,10 @@ __all__ = [
 #: The id of the HTTP request (or call) being handled in this context.
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-MASK = "***"
-#: Shapes of secrets worth masking wherever they appear, configured or not.
-_PATTERNS = [
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),  # OpenAI and Anthropic (sk-ant-…) API keys
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]+"),  # Slack bot / user / legacy tokens
-    re.compile(r"\bxapp-[A-Za-z0-9\-]+"),  # Slack app-level tokens
-    re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=\-]{12,}"),  # Authorization headers
-    re.compile(r"(?i)(://[^:/\s@]+:)[^@\s/]+(@)"),  # passwords inside URLs (database DSNs)
-]
-#: Configured values shorter than this are not masked: they would garble ordinary words.
-_MIN_SECRET = 6
+#: ASGI scope key where a layer that refuses a request (body too large, bad signature, no token)
+#: leaves why, so the server's one line for the request says it.
+REFUSAL_SCOPE_KEY = "bot.refusal"
+
 #: Environment variables whose values are secrets.
 SECRET_ENV_VARS = (
     "OPENAI_API_KEY",
@@ -57,38 +52,6 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
     "asctime",
     "color_message",
 }
-
-
-class Redactor:
-    """Masks secret shapes and the exact configured secret values in text and nested data."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Longest first, so a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True)
-
-    def text(self, value: str) -> str:
-        """``value`` with every secret replaced by ``***``."""
-        for secret in self._secrets:
-            if secret in value:
-                value = value.replace(secret, MASK)
-        for pattern in _PATTERNS:
-            value = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + MASK + _tail(m), value)
-        return value
-
-    def data(self, value: Any) -> Any:
-        """Redact strings inside dicts, lists and tuples; other values pass unchanged."""
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {k: self.data(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.data(v) for v in value]
-        return value
-
-
-def _tail(match: re.Match[str]) -> str:
-    # The URL-password pattern keeps its closing "@"; the others have at most one group.
-    return match.group(2) if match.re.groups >= 2 else ""
 
 
 class RedactionFilter(logging.Filter):

@@ -30,15 +30,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bot.body_limit import BodyLimit
 from bot.core.config import AppConfig
 from bot.core.errors import BotError
 from bot.core.gateway import Gateway
 from bot.heap import freeze_when_ready
-from bot.logging_setup import CallLogger, configure_logging, request_id_var, secret_values
+from bot.logging_setup import REFUSAL_SCOPE_KEY, CallLogger, configure_logging, request_id_var, secret_values
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.readiness import Readiness
 from bot.settings import (
     DEFAULT_GRACE,
+    DEFAULT_SLACK_BODY_LIMIT,
     ServerSettings,
     apply_data_dir,
     bind_socket,
@@ -164,14 +166,10 @@ class _Guard:
             seconds = time.perf_counter() - started
             self.state.metrics.observe_http(route, scope["method"], status, seconds)
             level = logging.DEBUG if route in _QUIET else logging.INFO
-            log.log(
-                level,
-                "%s %s %s",
-                scope["method"],
-                path,
-                status,
-                extra={"status": status, "duration_ms": round(seconds * 1000, 1)},
-            )
+            extra: dict[str, Any] = {"status": status, "duration_ms": round(seconds * 1000, 1)}
+            if REFUSAL_SCOPE_KEY in scope:  # why a layer refused it (body too large, bad signature…)
+                extra["refused"] = scope[REFUSAL_SCOPE_KEY]
+            log.log(level, "%s %s %s", scope["method"], path, status, extra=extra)
             request_id_var.reset(token)
 
 
@@ -182,12 +180,15 @@ def build_app(
     slack_settings: Any = None,
     services: Sequence[Service] = (),
     grace: float = DEFAULT_GRACE,
+    slack_body_limit: int = DEFAULT_SLACK_BODY_LIMIT,
 ) -> tuple[ASGIApp, ServerState]:
     """The whole server as one ASGI app, and the state its drain and routes share.
 
     ``slack_settings`` (a ``SlackSettings``) enables ``/slack/events``, plus Socket Mode when it has
     an app token; ``config.mcp.clients`` enables ``/mcp``. ``services`` start after the faces and
-    stop before the gateway closes.
+    stop before the gateway closes. Request bodies are limited before any route sees them
+    (``bot.body_limit``): ``slack_body_limit`` bytes for Slack, the MCP SDK's limit for ``/mcp``,
+    next to nothing elsewhere.
     """
     metrics = Metrics(gateway.status_all)
     gateway.add_observer(metrics)
@@ -199,19 +200,22 @@ def build_app(
         Route("/metrics", _metrics, methods=["GET"]),
     ]
     lifespans: list[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = []
+    body_limits: dict[str, int] = {}
     if slack_settings is not None:
         from bot.slack.app import slack_http_app
 
         slack_app = slack_http_app(gateway, slack_settings, grace=grace)
         routes += slack_app.routes
+        body_limits["/slack/events"] = slack_body_limit
         state.idle_waiters.append(slack_app.state.slack_commands.wait_idle)
         if slack_settings.app_token:
             lifespans.append(lambda: _socket_mode(gateway, slack_settings, state))
     if config.mcp.clients:
-        from tools.mcp_server import mcp_http_app
+        from tools.mcp_server import MCP_BODY_LIMIT, mcp_http_app
 
         mcp_app = mcp_http_app(gateway, config.mcp)
         routes += mcp_app.routes
+        body_limits["/mcp"] = MCP_BODY_LIMIT
         lifespans.append(mcp_app.state.mcp_server.session_manager.run)
 
     @contextlib.asynccontextmanager
@@ -239,7 +243,7 @@ def build_app(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
-    return _Guard(app, state), state
+    return _Guard(BodyLimit(app, body_limits), state), state
 
 
 @contextlib.asynccontextmanager
@@ -362,7 +366,12 @@ async def run(
             client = web_client(slack) if slack is not None else None
             built = [factory(gateway, config, client) for factory in services]
             app, state = build_app(
-                gateway, config, slack_settings=slack, services=built, grace=settings.shutdown_grace
+                gateway,
+                config,
+                slack_settings=slack,
+                services=built,
+                grace=settings.shutdown_grace,
+                slack_body_limit=settings.max_slack_body,
             )
             for service in built:  # services that deliver alerts report each attempt to /metrics
                 observe = getattr(service, "observe_deliveries", None)

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DEFAULT_SLACK_BODY_LIMIT",
     "ServerSettings",
     "apply_data_dir",
     "bind_socket",
@@ -40,6 +41,10 @@ DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = "./data"
 #: Seconds a shutdown waits for calls in flight (``BOT_SHUTDOWN_GRACE``), for every server.
 DEFAULT_GRACE = 30.0
+#: Bytes a request body to ``/slack/events`` may have (``BOT_MAX_SLACK_BODY_BYTES``): Slack's
+#: payloads are a few KB (a slash command's text is at most ~4,000 characters).
+DEFAULT_SLACK_BODY_LIMIT = 64 * 1024
+_SLACK_BODY_RANGE = (1024, 16 * 1024 * 1024)
 
 
 def _port(raw: str, source: str) -> int:
@@ -69,6 +74,18 @@ def _grace(raw: str) -> float:
     return value
 
 
+def _slack_body(raw: str) -> int:
+    low, high = _SLACK_BODY_RANGE
+    value = int(raw) if raw.strip().isdigit() else -1
+    if not low <= value <= high:
+        raise ConfigurationError(
+            f"BOT_MAX_SLACK_BODY_BYTES must be a number of bytes between {low} and {high}, got '{raw}'",
+            source="environment",
+            hint=f"Leave it unset for {DEFAULT_SLACK_BODY_LIMIT} bytes, plenty for Slack's payloads.",
+        )
+    return value
+
+
 def shutdown_grace_from_env(env: Mapping[str, str] | None = None) -> float:
     """``BOT_SHUTDOWN_GRACE`` in seconds, ``DEFAULT_GRACE`` when unset; ``ConfigurationError`` if invalid.
 
@@ -87,12 +104,17 @@ class ServerSettings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     #: Seconds a shutdown waits for calls in flight before closing anyway.
     shutdown_grace: float = DEFAULT_GRACE
+    #: Bytes a request body to ``/slack/events`` may have; larger ones are answered 413 unread.
+    max_slack_body: int = DEFAULT_SLACK_BODY_LIMIT
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, *, host: str | None = None, port: str | int | None = None
     ) -> ServerSettings:
-        """Read ``BOT_HOST``, ``BOT_PORT``, ``BOT_DATA_DIR``, ``BOT_SHUTDOWN_GRACE``; flags win over env."""
+        """Read ``BOT_HOST``, ``BOT_PORT``, ``BOT_DATA_DIR``, ``BOT_SHUTDOWN_GRACE``, ``BOT_MAX_SLACK_BODY_BYTES``.
+
+        The ``--host`` and ``--port`` flags win over the environment.
+        """
         env = os.environ if env is None else env
         if port is not None:
             number = _port(str(port), "--port")
@@ -100,7 +122,14 @@ class ServerSettings:
             number = _port(env["BOT_PORT"], "BOT_PORT") if env.get("BOT_PORT") else DEFAULT_PORT
         host = host or env.get("BOT_HOST") or DEFAULT_HOST
         data_dir = Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
-        return cls(host=host, port=number, data_dir=data_dir, shutdown_grace=shutdown_grace_from_env(env))
+        raw_body = env.get("BOT_MAX_SLACK_BODY_BYTES")
+        return cls(
+            host=host,
+            port=number,
+            data_dir=data_dir,
+            shutdown_grace=shutdown_grace_from_env(env),
+            max_slack_body=_slack_body(raw_body) if raw_body else DEFAULT_SLACK_BODY_LIMIT,
+        )
 
     def ensure_data_dir(self) -> Path:
         """Create the data folder if needed and prove it is writable (fail now, not at first call)."""

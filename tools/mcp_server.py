@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,11 +23,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bot.core.config import McpConfig
 from bot.core.errors import ConfigurationError
 from bot.core.gateway import Gateway
+from bot.logging_setup import REFUSAL_SCOPE_KEY
 from tools.mcp_tools import CLIENT_SCOPE_KEY, build_mcp_server
 
-__all__ = ["BearerAuth", "mcp_http_app", "run_http", "run_stdio", "transport_security"]
+__all__ = ["MCP_BODY_LIMIT", "BearerAuth", "mcp_http_app", "run_http", "run_stdio", "transport_security"]
 
 MCP_PATH = "/mcp"
+#: Bytes one request body to ``/mcp`` may have: the MCP SDK's own limit (4 MiB), which ``bot
+#: serve``'s outer layer (``bot.body_limit``) enforces too, before the token is even checked. The
+#: longest prompt the ``generate`` tool takes (400,000 characters, at most 4 bytes each in UTF-8,
+#: 6 as a JSON ``\uXXXX`` escape) plus its longest system prompt fit inside it.
+MCP_BODY_LIMIT: int = DEFAULT_MAX_REQUEST_BODY_SIZE
 
 #: Loopback names the DNS-rebinding check always accepts (with or without a port).
 _LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
@@ -68,6 +74,7 @@ class BearerAuth:
         scheme, _, token = header.partition(b" ")
         client = self._client_for(token.strip()) if scheme.lower() == b"bearer" and token.strip() else None
         if client is None:
+            scope[REFUSAL_SCOPE_KEY] = "no bearer token" if not header else "unknown bearer token"
             await _unauthorized(send, missing=not header)
             return
         await self.app({**scope, CLIENT_SCOPE_KEY: client}, receive, send)
@@ -136,7 +143,10 @@ def mcp_http_app(gateway: Gateway, config: McpConfig | None = None) -> Starlette
     # Called for its side effect: it creates the session manager with our settings. json_response
     # stays False so progress notifications can ride the SSE stream of each call.
     server.streamable_http_app(
-        streamable_http_path=MCP_PATH, json_response=False, transport_security=transport_security(config)
+        streamable_http_path=MCP_PATH,
+        json_response=False,
+        transport_security=transport_security(config),
+        max_request_body_size=MCP_BODY_LIMIT,
     )
     tokens = {name: client.token.get_secret_value().encode() for name, client in config.clients.items()}
     endpoint = BearerAuth(StreamableHTTPASGIApp(server.session_manager), tokens)

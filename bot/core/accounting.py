@@ -23,7 +23,7 @@ from bot.core.providers import Provider, ProviderReply
 from bot.core.tokens import conservative_text_tokens
 from bot.core.types import CallRecord, Message, Principal, Usage
 
-__all__ = ["Accountant", "CallContext", "CallObserver", "LedgerPort", "SessionFigures"]
+__all__ = ["Accountant", "CallContext", "CallObserver", "HoldRenewal", "LedgerPort", "SessionFigures"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,13 @@ class LedgerPort(Protocol):
     async def claim_request(self, request_id: str) -> None:
         """Claim an idempotency key, or raise ``DuplicateRequestError``."""
 
+    @property
+    def hold_renewal_seconds(self) -> float:
+        """How often a running call renews its hold."""
+
+    async def renew(self, hold: Any) -> bool:
+        """Keep a running call's hold alive; False if it is gone."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
@@ -131,6 +138,41 @@ class SessionFigures:
         self.tokens.record(model, usage)
 
 
+class HoldRenewal:
+    """Keeps one running call's hold alive: renews it every ``interval`` seconds until cancelled.
+
+    A timer, not a task, until the first renewal is due: most calls end long before.
+    """
+
+    __slots__ = ("_handle", "_hold", "_interval", "_ledger", "_task")
+
+    def __init__(self, ledger: LedgerPort, hold: Any, interval: float) -> None:
+        """Schedule the first renewal ``interval`` seconds from now."""
+        self._ledger, self._hold, self._interval = ledger, hold, interval
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(interval, self._due)
+
+    def _due(self) -> None:
+        self._handle = None
+        self._task = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            alive = await self._ledger.renew(self._hold)
+        except Exception:  # the next renewal tries again; the hold lives until its expiry anyway
+            log.warning("renewing a running call's hold failed", exc_info=True)
+            alive = True
+        if alive and self._task is not None:
+            self._handle = asyncio.get_running_loop().call_later(self._interval, self._due)
+
+    def cancel(self) -> None:
+        """The call ended: no more renewals (one under way finishes harmlessly)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._task = None
+
+
 class Accountant:
     """Holds, charges and records every call: one per process, shared by every face and session."""
 
@@ -174,6 +216,12 @@ class Accountant:
             if isinstance(err, BotError):
                 await self.record_refusal(ctx, err)
             raise
+
+    def keep_alive(self, hold: Any) -> HoldRenewal | None:
+        """Renew ``hold`` while its call runs (None without a ledger or a hold)."""
+        if self._ledger is None or hold is None:
+            return None
+        return HoldRenewal(self._ledger, hold, self._ledger.hold_renewal_seconds)
 
     async def record_refusal(self, ctx: CallContext, err: BotError) -> None:
         """Record a refused call at $0 (in the ledger, and for the observers)."""
@@ -269,9 +317,17 @@ class Accountant:
         latency: float,
         figures: SessionFigures | None,
     ) -> None:
-        """Give back the hold of a failed call, or charge what a broken call was billed."""
+        """Give back the hold of a failed call, or charge what a broken call was billed.
+
+        A call cancelled while its request was with the provider (the caller hung up, an MCP
+        client sent ``notifications/cancelled``) may have been billed in full, and no usage
+        ever arrives: it is charged its hold, flagged estimated, never $0.
+        """
         code = exc.code if isinstance(exc, BotError) else type(exc).__name__
-        if isinstance(exc, ProviderError) and exc.billed_unknown and partial is None:
+        billed_unknown = isinstance(exc, asyncio.CancelledError) or (
+            isinstance(exc, ProviderError) and exc.billed_unknown
+        )
+        if billed_unknown and partial is None:
             # Billed, amount unknown: charge the hold itself, the most the call could have cost.
             usage = Usage(input_tokens=ctx.input_tokens, output_tokens=ctx.max_tokens)
             if figures is not None:

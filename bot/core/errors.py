@@ -2,7 +2,9 @@
 
 Every error a user can see is a ``BotError``: it carries a message that says what went wrong
 *and how to fix it*, plus a ``context`` dict for logs and structured answers. Provider SDK errors
-are converted to these at exactly one boundary (``bot.core.providers.errors``).
+are converted to these at exactly one boundary (``bot.core.providers.errors``). A
+``ProviderError``'s message and hint go through ``bot.core.redaction.redact``, since they may
+quote what an upstream answered, and an upstream may echo the API key it was sent.
 
     BotError
     ├── ConfigurationError        bad or missing setting (names file, field and fix)
@@ -26,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+from bot.core.redaction import redact
 
 __all__ = [
     "APIKeyMissingError",
@@ -183,7 +187,15 @@ class ProviderError(BotError):
         #: Set when the provider answered 200 but the body was unreadable: it billed the call,
         #: we cannot know how much, so the session charges the worst case, flagged as estimated.
         self.billed_unknown = False
-        super().__init__(message, hint=hint, provider=provider, status=status, **ctx)
+        # Masked here, so no construction site (or subclass) can forget it; the exact keys a
+        # request carried are added where SDK errors are mapped (bot.core.providers.errors).
+        super().__init__(
+            redact(message),
+            hint=None if hint is None else redact(hint),
+            provider=provider,
+            status=status,
+            **ctx,
+        )
 
 
 class APIKeyMissingError(ProviderError):

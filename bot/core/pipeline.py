@@ -161,9 +161,13 @@ class CallPipeline:
         figures: SessionFigures | None,
     ) -> ChatResult:
         started = time.perf_counter()
+        # A long stream or a slow provider must not outlive its hold: it is renewed meanwhile.
+        renewal = self._accounts.keep_alive(hold)
         try:
             reply = await provider.chat(request)
         except BaseException as exc:
+            if renewal is not None:
+                renewal.cancel()
             latency = (time.perf_counter() - started) * 1000
             outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             partial = exc.partial if isinstance(exc, ProviderError) else None
@@ -172,6 +176,8 @@ class CallPipeline:
                 self._accounts.charge_failure(provider, ctx, hold, exc, outcome, partial, latency, figures)
             )
             raise
+        if renewal is not None:
+            renewal.cancel()
         latency = (time.perf_counter() - started) * 1000
         usage, estimated = self._accounts.usage_of(provider, reply, ctx, exact_input)
         cost = provider.calculate_cost(ctx.model, usage)

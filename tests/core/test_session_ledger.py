@@ -89,18 +89,23 @@ async def test_failed_call_is_recorded_and_costs_nothing(gateway: Gateway, fake:
     assert status["global"].spent == 0 and status["global"].reserved == 0
 
 
-async def test_cancelled_call_releases_its_ledger_hold(gateway: Gateway, fake: FakeUpstream) -> None:
+async def test_a_cancelled_call_is_charged_its_hold_in_the_ledger(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    """Cancelled after its request reached the provider: billed, amount unknown, so the hold."""
     fake.latency = 5
     task = asyncio.create_task(gateway.generate(ALICE, "slow", model="gpt-4o-mini", max_tokens=20))
     while not fake.requests_to(CHAT):  # noqa: ASYNC110 - the fake offers no event to wait on
         await asyncio.sleep(0.01)
+    held = {s.name: s.reserved for s in await gateway.budget_status(ALICE)}["global"]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     status = {s.name: s for s in await gateway.budget_status(ALICE)}
-    assert status["global"].reserved == 0 and status["global"].spent == 0
+    assert status["global"].reserved == 0 and status["global"].spent == held > 0
     assert gateway.ledger is not None
-    assert (await gateway.ledger.totals()).by_outcome["cancelled"].calls == 1
+    cancelled = (await gateway.ledger.totals()).by_outcome["cancelled"]
+    assert cancelled.calls == 1 and cancelled.cost_usd == held
 
 
 async def test_observers_see_every_outcome_and_the_alerts_a_call_created(
@@ -246,3 +251,26 @@ async def test_closing_the_gateway_finishes_the_writes_in_flight(
         assert totals.calls == 5 and totals.cost_usd == sum(r.cost_usd for r in results)
     finally:
         await reopened.close()
+
+
+async def test_a_call_longer_than_its_holds_lifetime_keeps_its_hold(
+    tmp_path: Path, fake_env: dict[str, str], fake: FakeUpstream
+) -> None:
+    """Holds expire after 2 s; a call takes 4 s. Its hold is renewed while it runs, so a second
+    call that would overspend is still refused after 3 s, and the budget is never passed."""
+    probe = Gateway(fast_config(), env=fake_env)
+    worst = (await probe.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20, dry_run=True)).cost_usd
+    await probe.close()
+    budgets = [BudgetConfig(name="global", scope="global", limit_usd=worst * 3 / 2, period="daily")]
+    config = DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/renew.db", reservation_ttl_seconds=2)
+    ledger = await Ledger.open(config, budgets)
+    async with Gateway(fast_config(), ledger=ledger, env=fake_env) as gateway:
+        fake.latency = 4  # under the provider's 5 s timeout
+        slow = asyncio.create_task(gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20))
+        await asyncio.sleep(3)  # past the first hold's expiry: only its renewals keep it
+        with pytest.raises(BudgetExceededError):
+            await gateway.generate(ALICE, "y", model="gpt-4o-mini", max_tokens=20)
+        result = await slow
+        (status,) = await gateway.budget_status(ALICE)
+        assert status.spent == result.cost_usd <= status.limit and status.reserved == 0
+    assert len(fake.requests_to(CHAT)) == 1

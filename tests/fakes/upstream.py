@@ -44,7 +44,7 @@ JSONDict = dict[str, Any]
 Flavour = Literal["openai", "anthropic"]
 FaultKind = Literal[
     "rate_limit", "server_error", "unavailable", "overloaded", "slow",
-    "drop", "drop_mid_stream", "malformed", "no_usage",
+    "drop", "drop_mid_stream", "malformed", "no_usage", "auth_echo",
 ]  # fmt: skip
 _ERROR_STATUS = {"rate_limit": 429, "server_error": 500, "unavailable": 503, "overloaded": 529}
 _WIRE: dict[Flavour, Any] = {"openai": oai, "anthropic": ant}  # provider modules with the same helpers
@@ -161,6 +161,8 @@ class FakeUpstream(BackgroundServer):
         * ``malformed``: 200 with half a JSON body; streams send the frames up to the cut, one frame
           whose ``data`` is broken JSON, then end the body cleanly.
         * ``no_usage``: this one answer behaves as if ``omit_usage`` were set.
+        * ``auth_echo``: 401 whose error message echoes, in full, the key the request carried
+          ("Incorrect API key provided: Bearer <key>"), as a careless upstream or proxy might.
         """
         if kind not in get_args(FaultKind):
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -238,11 +240,17 @@ class FakeUpstream(BackgroundServer):
     def _headers(flavour: Flavour, rid: str) -> dict[str, str]:
         return {"x-request-id" if flavour == "openai" else "request-id": rid}
 
-    def _auth_error(self, request: Request, flavour: Flavour, rid: str) -> Response | None:
+    @staticmethod
+    def _sent_key(request: Request, flavour: Flavour) -> str:
+        """The API key the request carried (``Authorization: Bearer``, or Anthropic's ``x-api-key``)."""
         bearer = request.headers.get("authorization", "")
         key = bearer[7:] if bearer.lower().startswith("bearer ") else ""
         if flavour == "anthropic":
             key = request.headers.get("x-api-key") or key
+        return key
+
+    def _auth_error(self, request: Request, flavour: Flavour, rid: str) -> Response | None:
+        key = self._sent_key(request, flavour)
         if key and (self.api_key is None or key == self.api_key):
             return None
         return self._error(flavour, 401, rid, _WIRE[flavour].auth_error(key, rid))
@@ -273,6 +281,9 @@ class FakeUpstream(BackgroundServer):
                 await self._sleep(request, fault.delay)
             elif fault.kind == "drop":
                 return body, fault, rid, ScriptedResponse(None, {}, drop=True)
+            elif fault.kind == "auth_echo":
+                echoed = _WIRE[flavour].echoed_key_error(self._sent_key(request, flavour), rid)
+                return body, fault, rid, self._error(flavour, 401, rid, echoed)
             elif (status := _ERROR_STATUS.get(fault.kind)) is not None:
                 reply = self._error(flavour, status, rid, _WIRE[flavour].status_error(status, rid))
                 if fault.retry_after is not None:

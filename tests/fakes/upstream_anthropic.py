@@ -15,6 +15,7 @@ __all__ = [
     "anthropic_input_tokens",
     "auth_error",
     "bad_request",
+    "echoed_key_error",
     "message",
     "message_stream_frames",
     "model_not_found",
@@ -163,6 +164,11 @@ def auth_error(key: str, request_id: str) -> JSONDict:
     """Body of a 401 for a wrong key (or a missing one when ``key`` is empty)."""
     msg = "invalid x-api-key" if key else "x-api-key header is required"
     return anthropic_error("authentication_error", msg, request_id)
+
+
+def echoed_key_error(key: str, request_id: str) -> JSONDict:
+    """Body of a 401 that echoes the whole key (the ``auth_echo`` fault): what must never reach a user."""
+    return anthropic_error("authentication_error", f"Incorrect API key provided: Bearer {key}", request_id)
 
 
 def bad_request(message_: str, request_id: str) -> JSONDict:

@@ -27,6 +27,7 @@ __all__ = [
     "chat_completion",
     "chat_stream_frames",
     "content_text",
+    "echoed_key_error",
     "encoding",
     "encoding_name_for_model",
     "make_reply",
@@ -301,6 +302,13 @@ def auth_error(key: str, request_id: str) -> JSONDict:
         return openai_error(hint, "invalid_request_error", "invalid_api_key")
     msg = "You didn't provide an API key. Provide it in the Authorization header (Bearer auth)."
     return openai_error(msg, "invalid_request_error")
+
+
+def echoed_key_error(key: str, request_id: str) -> JSONDict:
+    """Body of a 401 that echoes the whole key (the ``auth_echo`` fault): what must never reach a user."""
+    return openai_error(
+        f"Incorrect API key provided: Bearer {key}", "invalid_request_error", "invalid_api_key"
+    )
 
 
 def bad_request(message: str, request_id: str) -> JSONDict:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bot.core.config import Period
 from bot.core.ledger import period_bounds
-from bot.core.ledger.periods import TOTAL_PERIOD_START, applicable_budgets, call_scope_keys
+from bot.core.ledger.periods import TOTAL_PERIOD_START, applicable_budgets, call_scope_keys, model_family
 from bot.core.types import Principal
 
 from .conftest import budget
@@ -138,3 +138,10 @@ def test_budgets_apply_by_scope_and_key() -> None:
         for t in applicable_budgets(budgets, keys, datetime(2025, 1, 1, tzinfo=UTC), ZoneInfo("UTC"))
     ]
     assert names == ["global", "each-user"]
+
+
+def test_a_models_family_is_its_name_in_lower_case_without_a_dated_snapshot() -> None:
+    assert model_family("GPT-4o") == model_family("gpt-4o-2024-08-06") == "gpt-4o"
+    assert model_family("claude-3-5-haiku-20241022") == "claude-3-5-haiku"
+    assert model_family("gpt-4o-mini") == "gpt-4o-mini"  # a different model, not a snapshot
+    assert model_family("llama3:8b") == "llama3:8b"

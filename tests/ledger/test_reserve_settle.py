@@ -13,7 +13,7 @@ from bot.core.ledger import Hold, Ledger
 from bot.core.ledger import ledger as ledger_module
 from bot.core.types import Principal
 
-from .conftest import ALICE, BOB, FakeClock, OpenLedger, budget, fetch, record
+from .conftest import ALICE, BOB, FakeClock, OpenLedger, budget, check_invariants, fetch, record
 
 NOW = datetime(2025, 6, 11, 15, 30, tzinfo=UTC)
 ZERO = Decimal(0)
@@ -250,3 +250,47 @@ async def test_settles_racing_the_sweeper_give_each_hold_back_once(open_ledger: 
         "T1:alice": (Decimal(10), ZERO),
         "T1:bob": (Decimal(10), ZERO),
     }
+
+
+async def test_expired_holds_never_count_against_room_even_in_a_burst(open_ledger: OpenLedger) -> None:
+    """$0.513 of a dead process's expired holds on a $0.60 budget: a burst of 20 calls of $0.026
+    that fit in what is really free all pass, and the status shows no expired hold as reserved."""
+    clock = FakeClock(NOW)
+    ledger = await open_ledger([budget("global", "0.60")], clock=clock, ttl=60)
+    for i in range(9):
+        await reserve(ledger, "0.057", f"dead-{i}")  # 9 x 0.057 = 0.513, never settled
+    clock.advance(seconds=61)
+    (status,) = await ledger.status(ALICE)
+    assert status.reserved == ZERO and status.remaining == Decimal("0.60")  # before any sweep
+    (row,) = await ledger.status_all()
+    assert row.reserved == ZERO
+    holds = await asyncio.gather(*(reserve(ledger, "0.026", f"burst-{i}") for i in range(20)))
+    assert len(holds) == 20  # 20 x 0.026 = 0.52 <= 0.60: none refused
+    (status,) = await ledger.status(ALICE)
+    assert status.reserved == Decimal("0.52")
+    with pytest.raises(BudgetExceededError):
+        await reserve(ledger, "0.09", "over")  # 0.52 + 0.09 > 0.60: refused, as it must be
+    for hold in holds:
+        await ledger.release(hold)
+    await check_invariants(ledger)
+
+
+@pytest.mark.parametrize(
+    "spelling", ["gpt-4o", "GPT-4O", "Gpt-4o", " gpt-4o", "gpt-4o-2024-08-06", "GPT-4o-2024-11-20"]
+)
+async def test_a_model_budget_covers_every_spelling_and_snapshot_of_its_model(
+    open_ledger: OpenLedger, spelling: str
+) -> None:
+    """``scope: model, key: GPT-4o``: case and dated snapshots never escape it."""
+    ledger = await open_ledger([budget("global", "100"), budget("4o", "0.10", scope="model", key="GPT-4o")])
+    held = await ledger.reserve(ALICE, Decimal("0.08"), request_id="a", model=spelling, provider="openai")
+    with pytest.raises(BudgetExceededError, match="4o"):
+        await ledger.reserve(ALICE, Decimal("0.05"), request_id="b", model="gpt-4o", provider="openai")
+    await ledger.settle(held, record(held, "0.08", model=spelling))
+    statuses = {s.name: s for s in await ledger.status(ALICE, model=spelling.upper())}
+    assert statuses["4o"].spent == Decimal("0.08") and statuses["4o"].scope_key == "gpt-4o"
+    # Another model is not charged to it.
+    other = await ledger.reserve(
+        ALICE, Decimal("0.5"), request_id="c", model="gpt-4o-mini", provider="openai"
+    )
+    assert len(other.budget_period_ids) == 1

@@ -170,14 +170,14 @@ class Ledger:
         A request id that has a hold already raises ``ValueError``.
         """
         nanos = to_nanos(amount)
-        for attempt in (1, 2):
-            try:
-                return await self._try_reserve(principal, nanos, request_id, model, provider)
-            except BudgetExceededError:
-                # A crashed process's holds must not block past their expiry: sweep, then retry once.
-                if attempt == 2 or await self.sweep_expired() == 0:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await self._try_reserve(principal, nanos, request_id, model, provider)
+        except BudgetExceededError:
+            # Expired holds (a dead process's) never count against room: sweep them, then decide
+            # once more. Always once more: in a burst, another refused call may be the one whose
+            # sweep freed the room.
+            await self.sweep_expired()
+        return await self._try_reserve(principal, nanos, request_id, model, provider)
 
     async def _try_reserve(
         self, principal: Principal, nanos: int, request_id: str, model: str, provider: str
@@ -271,6 +271,17 @@ class Ledger:
         held, rows = to_nanos(hold.amount), hold.budget_period_ids
         make = partial(transactions.settle, self._s, call, hold.id, held, rows, self._by_name, self._now())
         return self._writes.settle(make)
+
+    @property
+    def hold_renewal_seconds(self) -> float:
+        """How often a call still running renews its hold: a third of the hold's lifetime, so
+        expiry only ever frees the holds of dead processes."""
+        return self._ttl.total_seconds() / 3
+
+    async def renew(self, hold: Hold) -> bool:
+        """Keep a running call's hold alive for another lifetime; False if it is gone already."""
+        expires_at = self._now() + self._ttl
+        return await self._db.writer.run(partial(transactions.renew, self._s, hold.id, expires_at))
 
     async def record(self, record: CallRecord) -> None:
         """Write a call that had no hold, e.g. a refused call at $0. Idempotent per request_id.

@@ -8,9 +8,11 @@ and alerts idempotent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from bot.core.config import BudgetConfig, Period
@@ -22,6 +24,7 @@ __all__ = [
     "applicable_budgets",
     "budget_label",
     "call_scope_keys",
+    "model_family",
     "period_bounds",
 ]
 
@@ -74,11 +77,25 @@ def period_bounds(period: Period, now: datetime, tz: ZoneInfo) -> tuple[datetime
 _recent_bounds: dict[tuple[str, ZoneInfo], tuple[datetime, datetime]] = {}
 
 
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+@lru_cache(maxsize=256)
+def model_family(model: str) -> str:
+    """A model's name as budgets match it: lower case, without a dated snapshot's suffix.
+
+    ``GPT-4o`` and ``gpt-4o-2024-08-06`` are both ``gpt-4o`` (and ``claude-3-5-haiku-20241022``
+    is ``claude-3-5-haiku``), so a model budget cannot be escaped by spelling the model another
+    way; the call is still priced as the model it names.
+    """
+    return _SNAPSHOT.sub("", model.strip().lower())
+
+
 def call_scope_keys(principal: Principal, *, model: str | None, provider: str | None) -> dict[str, str]:
-    """Return the principal's scope keys plus ``model`` and ``provider`` of the call when known."""
+    """Return the principal's scope keys plus ``model`` (its family) and ``provider`` when known."""
     keys = principal.scope_keys()
     if model:
-        keys["model"] = model
+        keys["model"] = model_family(model)
     if provider:
         keys["provider"] = provider
     return keys
@@ -114,7 +131,10 @@ def applicable_budgets(
             scope_key = "*"
         else:
             found = keys.get(budget.scope)
-            if found is None or (budget.key is not None and budget.key != found):
+            wanted = budget.key
+            if wanted is not None and budget.scope == "model":
+                wanted = model_family(wanted)  # the call's model key is a family too
+            if found is None or (wanted is not None and wanted != found):
                 continue
             scope_key = found
         start, end = period_bounds(budget.period, now, tz)

@@ -14,7 +14,15 @@ from bot.core.ledger import money
 from bot.core.ledger.database import Database
 from bot.core.ledger.models import BudgetStatus, SpendRow, Totals
 from bot.core.ledger.periods import Target, period_bounds
-from bot.core.ledger.schema import budget_overrides, budget_periods, calls, from_nanos
+from bot.core.ledger.schema import (
+    UTCDateTime,
+    budget_overrides,
+    budget_periods,
+    calls,
+    from_nanos,
+    hold_items,
+    holds,
+)
 
 __all__ = [
     "spend_by_day",
@@ -88,15 +96,30 @@ def limit_of(overrides: Overrides, budget: BudgetConfig, scope_key: str) -> int:
     )
 
 
+_EXPIRED_BY_ROW = (
+    sa.select(hold_items.c.budget_period_id, sa.func.sum(holds.c.amount_nano_usd))
+    .join(holds, holds.c.id == hold_items.c.hold_id)
+    .where(holds.c.expires_at <= sa.bindparam("p_now", type_=UTCDateTime()))
+    .group_by(hold_items.c.budget_period_id)
+)
+
+
+async def _expired_by_row(conn: Any, now: datetime) -> dict[int, int]:
+    """Per budget row, the money of its holds that have expired (a dead process's): reserved no
+    longer, even before the sweeper frees them."""
+    return {int(r[0]): int(r[1]) for r in await conn.execute(_EXPIRED_BY_ROW, {"p_now": now})}
+
+
 async def status(db: Database, targets: Sequence[Target], now: datetime) -> list[BudgetStatus]:
     """Status of each target; a period with no row yet shows as untouched (read-only: no row made)."""
     if not targets:
         return []
     async with db.read() as conn:
         overrides = await load_overrides(conn)
+        expired = await _expired_by_row(conn, now)
         rows = await conn.execute(
             sa.select(
-                _bp.budget, _bp.scope, _bp.scope_key, _bp.period, _bp.period_start,
+                _bp.id, _bp.budget, _bp.scope, _bp.scope_key, _bp.period, _bp.period_start,
                 _bp.spent_nano_usd, _bp.reserved_nano_usd,
             ).where(sa.or_(*(_target_filter(t) for t in targets)))
         )  # fmt: skip
@@ -104,7 +127,10 @@ async def status(db: Database, targets: Sequence[Target], now: datetime) -> list
     result = []
     for t in targets:
         row = found.get(t.key)
-        spent, reserved = (int(row.spent_nano_usd), int(row.reserved_nano_usd)) if row else (0, 0)
+        spent, reserved = (0, 0)
+        if row is not None:
+            spent = int(row.spent_nano_usd)
+            reserved = max(0, int(row.reserved_nano_usd) - expired.get(int(row.id), 0))
         result.append(
             _budget_status(
                 t.budget,
@@ -151,6 +177,7 @@ async def status_all(
     by_name = {b.name: b for b in budgets}
     async with db.read() as conn:
         overrides = await load_overrides(conn)
+        expired = await _expired_by_row(conn, now)
         rows = (
             await conn.execute(sa.select(budget_periods).where(current).order_by(_bp.budget, _bp.scope_key))
         ).all()
@@ -159,10 +186,9 @@ async def status_all(
         budget = by_name[r.budget]
         start, end = bounds[r.budget]
         limit = limit_of(overrides, budget, r.scope_key)
+        reserved = max(0, int(r.reserved_nano_usd) - expired.get(int(r.id), 0))
         result.append(
-            _budget_status(
-                budget, r.scope_key, start, end, limit, int(r.spent_nano_usd), int(r.reserved_nano_usd), now
-            )
+            _budget_status(budget, r.scope_key, start, end, limit, int(r.spent_nano_usd), reserved, now)
         )
     return result
 

@@ -136,6 +136,12 @@ class Statements:
             .returning(alerts.c.id)
         )
         """A threshold alert of a budget row, copied from the row; its id, or none if it exists."""
+        self.renew_hold = (
+            sa.update(holds)
+            .where(holds.c.id == _bind("p_hold"))
+            .values(expires_at=_bind("p_expires", type_=UTCDateTime()))
+        )
+        """A live hold's new expiry (its call is still running)."""
         self.expired_holds = (
             sa.select(holds.c.id, holds.c.amount_nano_usd)
             .where(holds.c.expires_at <= _bind("p_now", type_=UTCDateTime()))

@@ -43,6 +43,7 @@ __all__ = [
     "lock_order",
     "queue_alerts",
     "record",
+    "renew",
     "reserve",
     "set_override",
     "settle",
@@ -247,6 +248,12 @@ def any_expired(s: Statements, now: datetime) -> Tx[bool]:
     """Whether any hold has expired at ``now`` (a read: no lock is taken)."""
     rows, _ = yield s.any_expired_hold, {"p_now": now}
     return bool(rows)
+
+
+def renew(s: Statements, hold_id: str, expires_at: datetime) -> Tx[bool]:
+    """Push a live hold's expiry to ``expires_at``; False if it is gone (settled, or swept)."""
+    _, renewed = yield s.renew_hold, {"p_hold": hold_id, "p_expires": expires_at}
+    return renewed == 1
 
 
 def claim_request(s: Statements, request_id: str, now: datetime) -> Tx[None]:

@@ -1,4 +1,10 @@
-"""The one boundary where SDK exceptions become the gateway's own errors."""
+"""The one boundary where SDK exceptions become the gateway's own errors.
+
+Text the provider sent (an error body's message) is masked on its way into a ``ProviderError``:
+``ProviderError`` itself masks secret shapes (``bot.core.redaction``), and here the exact
+credentials the failed request carried (its ``Authorization`` bearer or ``x-api-key``) are
+masked too, so a key of any shape that the provider echoes never reaches a user.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,12 @@ from bot.core.errors import (
     ProviderError,
     RateLimitError,
 )
+from bot.core.redaction import redact
 
-__all__ = ["map_sdk_error", "parse_retry_after"]
+__all__ = ["map_sdk_error", "parse_retry_after", "sent_credentials"]
+
+#: Request headers that carry a provider credential (OpenAI: bearer; Anthropic: x-api-key).
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -39,6 +49,28 @@ def parse_retry_after(headers: Any) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if value else None
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def sent_credentials(exc: BaseException) -> list[str]:
+    """The credentials the request behind ``exc`` carried (SDK exceptions keep their request).
+
+    These are the configured keys themselves, read from the failed request rather than from the
+    config, so whatever shape a key has, an echo of it can be masked exactly.
+    """
+    request = getattr(exc, "request", None)
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return []
+    found: list[str] = []
+    for name in _CREDENTIAL_HEADERS:
+        try:
+            value = headers.get(name)
+        except Exception:  # a foreign header type: nothing to learn from it
+            return found
+        if isinstance(value, str) and value:
+            scheme, _, token = value.partition(" ")
+            found.append(token.strip() if scheme.lower() == "bearer" and token.strip() else value)
+    return found
 
 
 def _body_message(exc: Any) -> str:
@@ -66,6 +98,7 @@ def map_sdk_error(
     """Convert an ``openai`` or ``anthropic`` exception to our hierarchy (others pass through)."""
     if isinstance(exc, BotError):
         return exc
+    credentials = sent_credentials(exc)
     if isinstance(exc, _sdk_classes("APITimeoutError")):
         return ProviderConnectionError(
             f"{provider} did not answer in time", provider=provider, hint="Retry, or raise timeout_seconds."
@@ -79,7 +112,7 @@ def map_sdk_error(
         )
     if isinstance(exc, _sdk_classes("APIStatusError")):
         status: int = getattr(exc, "status_code", 0)
-        message = _body_message(exc)
+        message = redact(_body_message(exc), credentials)
         if status == 429 or status == 529:
             what = "is overloaded" if status == 529 else "is rate limiting requests"
             return RateLimitError(
@@ -119,7 +152,7 @@ def map_sdk_error(
         err.no_retry = err.billed_unknown = True
         return err
     if isinstance(exc, (*_sdk_classes("OpenAIError"), *_sdk_classes("AnthropicError"))):
-        return ProviderError(f"{provider} call failed: {exc}", provider=provider)
+        return ProviderError(redact(f"{provider} call failed: {exc}", credentials), provider=provider)
     raise exc
 
 
