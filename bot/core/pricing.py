@@ -42,6 +42,8 @@ class Rates:
     max_input: Decimal
     max_output: Decimal
     source: str
+    #: 1-hour cache writes (Anthropic); None: priced as ``cache_write``.
+    cache_write_1h: Decimal | None = None
 
 
 def _base(price: Decimal | TieredPrices | None) -> Decimal | None:
@@ -93,7 +95,11 @@ def _genai_rates(model: str, provider_id: str | None) -> tuple[Rates, bool] | No
     output_price = _base(getattr(price, "output_mtok", None))
     if input_price is None or output_price is None:
         return None
-    dear_in = max(_dearest(getattr(price, key, None)) for key in ("input_mtok", "cache_write_mtok"))
+    # The dearest any input token can be: a 1-hour cache write costs more than a 5-minute one.
+    dear_in = max(
+        _dearest(getattr(price, key, None))
+        for key in ("input_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+    )
     rates = Rates(
         input=input_price,
         output=output_price,
@@ -102,6 +108,7 @@ def _genai_rates(model: str, provider_id: str | None) -> tuple[Rates, bool] | No
         max_input=dear_in,
         max_output=_dearest(getattr(price, "output_mtok", None)),
         source="genai-prices",
+        cache_write_1h=_base(getattr(price, "cache_write_1h_mtok", None)),
     )
     priced = {k: v for k, v in vars(price).items() if v is not None and not k.startswith("_")}
     plain = priced.keys() <= _PLAIN_PRICE_KEYS and not any(
@@ -179,6 +186,7 @@ class Pricer:
                 output_tokens=usage.output_tokens,
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
             )
         )
         return Decimal(calc["total_price"])
@@ -209,12 +217,15 @@ class Pricer:
 
 def _cost_from_rates(rates: Rates, usage: Usage) -> Decimal:
     plain_input = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
+    write = rates.cache_write if rates.cache_write is not None else rates.input
+    # 1-hour writes at their own price where the model has one (as calc_price does).
+    write_1h = rates.cache_write_1h if rates.cache_write_1h is not None else write
     total = (
         Decimal(plain_input) * rates.input
         + Decimal(usage.cache_read_tokens)
         * (rates.cache_read if rates.cache_read is not None else rates.input)
-        + Decimal(usage.cache_write_tokens)
-        * (rates.cache_write if rates.cache_write is not None else rates.input)
+        + Decimal(usage.cache_write_tokens - usage.cache_write_1h_tokens) * write
+        + Decimal(usage.cache_write_1h_tokens) * write_1h
         + Decimal(usage.output_tokens) * rates.output
     )
     return total / MTOK

@@ -20,6 +20,7 @@ def reference(model: str, provider: str, usage: Usage) -> Decimal:
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
         ),
         model,
         provider_id=provider,
@@ -36,6 +37,17 @@ def reference(model: str, provider: str, usage: Usage) -> Decimal:
         ("o3", "openai", Usage(500, 2000, reasoning_tokens=1500)),
         ("claude-haiku-4-5", "anthropic", Usage(2000, 300, cache_read_tokens=1500, cache_write_tokens=200)),
         ("claude-opus-4-1", "anthropic", Usage(100, 50)),
+        # Mixed 5-minute and 1-hour cache writes: the 1-hour ones at their own (higher) price.
+        (
+            "claude-haiku-4-5",
+            "anthropic",
+            Usage(4000, 100, cache_write_tokens=2000, cache_write_1h_tokens=1500),
+        ),
+        (
+            "claude-sonnet-4-5",
+            "anthropic",
+            Usage(4000, 100, 500, cache_write_tokens=3000, cache_write_1h_tokens=1000),
+        ),
     ],
 )
 def test_cost_equals_genai_prices(model: str, provider: str, usage: Usage) -> None:
@@ -60,6 +72,7 @@ def test_fast_path_agrees_with_calc_price_on_every_model(provider: str) -> None:
         Usage(12_345, 678, cache_read_tokens=10_000),
         Usage(12_345, 678, cache_write_tokens=2_345),
         Usage(9_999, 7, cache_read_tokens=4_000, cache_write_tokens=5_999),
+        Usage(9_999, 7, cache_read_tokens=1_000, cache_write_tokens=5_999, cache_write_1h_tokens=2_500),
         Usage(180_000, 31_999, cache_read_tokens=1, reasoning_tokens=31_000),
     ]
     pricer, compared = Pricer(), 0
@@ -123,3 +136,19 @@ def test_worst_case_covers_every_real_outcome() -> None:
     for usage in (Usage(1000, 500), Usage(1000, 500, cache_write_tokens=1000), Usage(1000, 500, 900)):
         assert pricer.cost("claude-haiku-4-5", "anthropic", "anthropic", usage) <= worst
     assert isinstance(worst, Decimal)
+
+
+def test_a_one_hour_cache_write_costs_more_than_a_five_minute_one() -> None:
+    """Anthropic: 5-minute writes at 1.25x input, 1-hour writes at 2x (genai-prices' own rates)."""
+    pricer = Pricer()
+    five = pricer.cost("claude-haiku-4-5", "anthropic", "anthropic", Usage(1000, 0, cache_write_tokens=1000))
+    hour = pricer.cost(
+        "claude-haiku-4-5",
+        "anthropic",
+        "anthropic",
+        Usage(1000, 0, cache_write_tokens=1000, cache_write_1h_tokens=1000),
+    )
+    plain = pricer.cost("claude-haiku-4-5", "anthropic", "anthropic", Usage(1000, 0))
+    assert five == plain * Decimal("1.25") and hour == plain * 2
+    # The worst case holds enough for a prompt written entirely to the 1-hour cache.
+    assert pricer.worst_case("claude-haiku-4-5", "anthropic", "anthropic", 1000, 0) >= hour

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from decimal import Decimal
 
+import genai_prices
 import pytest
 
 from bot.core import (
@@ -64,6 +66,38 @@ async def test_anthropic_stream_reports_text_and_cache_usage(
     assert result.usage.input_tokens == fake.anthropic_input_tokens(body) + 7 + 3
     assert (result.usage.cache_read_tokens, result.usage.cache_write_tokens) == (7, 3)
     assert result.cost_usd == factory.pricer.cost("claude-haiku-4-5", "anthropic", "anthropic", result.usage)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_anthropic_one_hour_cache_writes_are_priced_apart(
+    factory: SessionFactory, fake: FakeUpstream, streamed: bool
+) -> None:
+    """The reply splits its cache writes by lifetime; the cost is genai-prices' own for that split."""
+    fake.cache_write_tokens, fake.cache_write_1h_tokens = 2000, 1500
+
+    async def on_text(text: str) -> None:
+        pass
+
+    async with factory.create() as session:
+        result = await session.chat(
+            "Cache me", model="claude-haiku-4-5", max_tokens=32, on_text=on_text if streamed else None
+        )
+    assert (result.usage.cache_write_tokens, result.usage.cache_write_1h_tokens) == (2000, 1500)
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            cache_write_tokens=2000,
+            cache_write_1h_tokens=1500,
+        ),
+        "claude-haiku-4-5",
+        provider_id="anthropic",
+    ).total_price
+    assert result.cost_usd == expected and not result.cost_estimated
+    priced_as_5m = factory.pricer.cost(
+        "claude-haiku-4-5", "anthropic", "anthropic", replace(result.usage, cache_write_1h_tokens=0)
+    )
+    assert result.cost_usd > priced_as_5m
 
 
 async def test_refused_before_calling_when_worst_case_passes_budget(

@@ -127,7 +127,9 @@ class FakeUpstream(BackgroundServer):
         self.cached_tokens = 0
         """OpenAI ``prompt_tokens_details.cached_tokens`` and Anthropic ``cache_read_input_tokens``."""
         self.cache_write_tokens = 0
-        """Anthropic ``cache_creation_input_tokens``."""
+        """Anthropic ``cache_creation_input_tokens`` (5-minute and 1-hour writes together)."""
+        self.cache_write_1h_tokens = 0
+        """Of ``cache_write_tokens``, those written for 1 hour (``ephemeral_1h_input_tokens``)."""
         self.reasoning_tokens = 0
         """OpenAI ``completion_tokens_details.reasoning_tokens`` (also added to ``completion_tokens``)."""
         self.latency = 0.0
@@ -356,7 +358,8 @@ class FakeUpstream(BackgroundServer):
         reply = oai.make_reply(enc, self._reply_source(body.get("messages", [])), body.get("max_tokens"))
         extras: dict[str, Any] = {
             "usage": self._usage_on(fault), "cache_read": self.cached_tokens,
-            "cache_write": self.cache_write_tokens, "ident": f"msg_fake{rid[8:]}",
+            "cache_write": self.cache_write_tokens, "cache_write_1h": self.cache_write_1h_tokens,
+            "ident": f"msg_fake{rid[8:]}",
         }  # fmt: skip
         if not body.get("stream"):
             return self._json("anthropic", ant.message(body, reply, **extras), fault, rid)

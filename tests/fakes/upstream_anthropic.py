@@ -48,19 +48,31 @@ def anthropic_input_tokens(body: JSONDict) -> int:
     return total
 
 
-def _usage(body: JSONDict, output_tokens: int, cache_read: int, cache_write: int) -> JSONDict:
+def _usage(
+    body: JSONDict, output_tokens: int, cache_read: int, cache_write: int, cache_write_1h: int
+) -> JSONDict:
     return {
         "input_tokens": anthropic_input_tokens(body),
         "cache_creation_input_tokens": cache_write,
         "cache_read_input_tokens": cache_read,
-        "cache_creation": {"ephemeral_5m_input_tokens": cache_write, "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": cache_write - cache_write_1h,
+            "ephemeral_1h_input_tokens": cache_write_1h,
+        },
         "output_tokens": output_tokens,
         "service_tier": "standard",
     }
 
 
 def message(
-    body: JSONDict, reply: Reply, *, usage: bool, cache_read: int, cache_write: int, ident: str
+    body: JSONDict,
+    reply: Reply,
+    *,
+    usage: bool,
+    cache_read: int,
+    cache_write: int,
+    ident: str,
+    cache_write_1h: int = 0,
 ) -> JSONDict:
     """A non-streaming ``message`` object (``usage`` key left out entirely when ``usage`` is false)."""
     out: JSONDict = {
@@ -73,7 +85,7 @@ def message(
         "stop_sequence": None,
     }
     if usage:
-        out["usage"] = _usage(body, reply.n_tokens, cache_read, cache_write)
+        out["usage"] = _usage(body, reply.n_tokens, cache_read, cache_write, cache_write_1h)
     return out
 
 
@@ -82,7 +94,14 @@ def _event(name: str, data: JSONDict) -> bytes:
 
 
 def message_stream_frames(
-    body: JSONDict, reply: Reply, *, usage: bool, cache_read: int, cache_write: int, ident: str
+    body: JSONDict,
+    reply: Reply,
+    *,
+    usage: bool,
+    cache_read: int,
+    cache_write: int,
+    ident: str,
+    cache_write_1h: int = 0,
 ) -> tuple[list[bytes], int]:
     """SSE events of a streamed message and the cut index for ``drop_mid_stream``.
 
@@ -92,7 +111,10 @@ def message_stream_frames(
     and ``message_stop``. Without ``usage`` the ``usage`` keys are left out. The cut index keeps
     everything up to and including the first ``ceil(pieces / 2)`` deltas.
     """
-    start = message(body, reply, usage=usage, cache_read=cache_read, cache_write=cache_write, ident=ident)
+    start = message(
+        body, reply, usage=usage, cache_read=cache_read, cache_write=cache_write, ident=ident,
+        cache_write_1h=cache_write_1h,
+    )  # fmt: skip
     start.update(content=[], stop_reason=None)
     if usage:
         start["usage"]["output_tokens"] = 1
@@ -117,7 +139,7 @@ def message_stream_frames(
         "delta": {"stop_reason": "max_tokens" if reply.truncated else "end_turn", "stop_sequence": None},
     }
     if usage:
-        final = _usage(body, reply.n_tokens, cache_read, cache_write)
+        final = _usage(body, reply.n_tokens, cache_read, cache_write, cache_write_1h)
         delta_event["usage"] = {
             k: final[k]
             for k in (

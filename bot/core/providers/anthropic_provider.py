@@ -8,6 +8,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from bot.core.config import CacheConfig
@@ -35,11 +36,14 @@ def usage_from_anthropic(raw: Any) -> Usage | None:
         return None
     cache_read = getattr(raw, "cache_read_input_tokens", None) or 0
     cache_write = getattr(raw, "cache_creation_input_tokens", None) or 0
+    # The split of the writes by cache lifetime: 1-hour writes are priced apart.
+    written_for_1h = getattr(getattr(raw, "cache_creation", None), "ephemeral_1h_input_tokens", None) or 0
     return Usage(
         input_tokens=(getattr(raw, "input_tokens", None) or 0) + cache_read + cache_write,
         output_tokens=getattr(raw, "output_tokens", None) or 0,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=min(written_for_1h, cache_write),
     )
 
 
@@ -138,7 +142,7 @@ class AnthropicProvider(Provider):
         if start_usage is not None and output_tokens is not None:
             base = usage_from_anthropic(start_usage)
             assert base is not None
-            usage = Usage(base.input_tokens, output_tokens, base.cache_read_tokens, base.cache_write_tokens)
+            usage = replace(base, output_tokens=output_tokens)
         return ProviderReply("".join(parts), model, usage, stop)
 
     async def count_tokens(self, messages: Sequence[Message], model: str) -> TokenCount:
