@@ -143,6 +143,8 @@ class DatabaseConfig(_Strict):
     url: str = "sqlite+aiosqlite:///data/bot.db"
     timezone: str = "UTC"
     reservation_ttl_seconds: int = Field(default=600, gt=0)
+    #: How long an idempotency key (a Slack retry's) is kept before housekeeping prunes it.
+    request_key_retention_hours: int = Field(default=72, gt=0, le=24 * 365)
     #: SQLite only. "normal": a commit is in the WAL file when it returns, so it survives the
     #: process dying at once; a background fsync of the WAL puts it on disk within
     #: ``sqlite_sync_interval_ms``, the most a power loss or kernel crash can take. "full": every

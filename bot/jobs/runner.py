@@ -146,6 +146,11 @@ class JobRunner:
 
     async def _alert_job(self) -> None:
         try:
+            swept, pruned = await self._ledger.housekeeping()
+            if swept or pruned:
+                log.info(
+                    "ledger housekeeping: %d expired holds freed, %d old request keys pruned", swept, pruned
+                )
             sent = await self.deliver_alerts_once()
             if sent:
                 log.info("delivered %d budget alerts", sent)

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from bot.core.errors import BudgetExceededError, ConfigurationError
+from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
 from bot.core.ledger import Hold, Ledger
 from bot.core.ledger import ledger as ledger_module
 from bot.core.types import Principal
@@ -294,3 +294,19 @@ async def test_a_model_budget_covers_every_spelling_and_snapshot_of_its_model(
         ALICE, Decimal("0.5"), request_id="c", model="gpt-4o-mini", provider="openai"
     )
     assert len(other.budget_period_ids) == 1
+
+
+async def test_housekeeping_frees_expired_holds_and_prunes_old_request_keys(open_ledger: OpenLedger) -> None:
+    clock = FakeClock(NOW)
+    ledger = await open_ledger([budget("global", "1.00")], clock=clock, ttl=60)
+    await ledger.claim_request("slack-old")
+    await reserve(ledger, "0.40", "dead")
+    clock.advance(hours=71)
+    await ledger.claim_request("slack-recent")
+    assert await ledger.housekeeping() == (1, 0)  # the hold expired long ago; no key is 72 h old yet
+    assert await spent(ledger, "global") == (ZERO, ZERO)
+    clock.advance(hours=2)
+    assert await ledger.housekeeping() == (0, 1)
+    await ledger.claim_request("slack-old")  # pruned: claimable again
+    with pytest.raises(DuplicateRequestError):
+        await ledger.claim_request("slack-recent")

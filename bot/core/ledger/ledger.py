@@ -80,6 +80,7 @@ class Ledger:
         self._tz = ZoneInfo(config.timezone)
         self._clock = clock
         self._ttl = timedelta(seconds=config.reservation_ttl_seconds)
+        self._key_retention = timedelta(hours=config.request_key_retention_hours)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
         self._period_ids: dict[tuple[str, str, str, str, datetime], int] = {}
         self._writes = CallWrites(db)
@@ -317,6 +318,16 @@ class Ledger:
             released += count
             if count < _SWEEP_BATCH:
                 return released
+
+    async def housekeeping(self) -> tuple[int, int]:
+        """Free expired holds and prune old idempotency keys; return how many of each.
+
+        Run periodically (``bot serve``'s alert job), so neither waits for a refusal to be noticed.
+        """
+        swept = await self.sweep_expired()
+        before = self._now() - self._key_retention
+        pruned = await self._db.writer.run(partial(transactions.prune_request_keys, self._s, before))
+        return swept, pruned
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -160,6 +160,10 @@ class Statements:
             .on_conflict_do_nothing(index_elements=["request_id"])
         )
         """An idempotency key; nothing when any replica claimed it already (rowcount 0)."""
+        self.prune_request_keys = sa.delete(request_keys).where(
+            request_keys.c.created_at < _bind("p_before", type_=UTCDateTime())
+        )
+        """Idempotency keys older than the retention (a retry comes within minutes, not days)."""
         self.insert_period = (
             insert(budget_periods)
             .values(

@@ -41,6 +41,7 @@ __all__ = [
     "claim_request",
     "ensure_periods",
     "lock_order",
+    "prune_request_keys",
     "queue_alerts",
     "record",
     "renew",
@@ -284,6 +285,12 @@ def set_override(
     ]
     if updates:
         yield s.set_row_limit, updates
+
+
+def prune_request_keys(s: Statements, before: datetime) -> Tx[int]:
+    """Delete the idempotency keys claimed before ``before``; return how many."""
+    _, pruned = yield s.prune_request_keys, {"p_before": before}
+    return pruned
 
 
 def ensure_periods(s: Statements, rows: Sequence[Mapping[str, Any]]) -> Tx[list[int]]:
