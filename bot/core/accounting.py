@@ -23,7 +23,15 @@ from bot.core.providers import Provider, ProviderReply
 from bot.core.tokens import conservative_text_tokens
 from bot.core.types import CallRecord, Message, Principal, Usage
 
-__all__ = ["Accountant", "CallContext", "CallObserver", "HoldRenewal", "LedgerPort", "SessionFigures"]
+__all__ = [
+    "Accountant",
+    "CallContext",
+    "CallObserver",
+    "HoldRenewal",
+    "LedgerPort",
+    "SessionFigures",
+    "plausible_usage",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,25 @@ class Settlement(Protocol):
 
     def __await__(self) -> Any:
         """Wait for the write; return the alerts it created."""
+
+
+#: Output beyond ``max_tokens`` a provider may still report (framing, rounding) before we call
+#: its usage impossible.
+_OUTPUT_SLACK = 16
+
+
+def plausible_usage(usage: Usage, max_tokens: int) -> bool:
+    """Whether a reported usage could be a real bill for a call capped at ``max_tokens``."""
+    counts = (
+        usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
+        usage.reasoning_tokens, usage.cache_write_1h_tokens,
+    )  # fmt: skip
+    return (
+        min(counts) >= 0
+        and usage.cache_read_tokens + usage.cache_write_tokens <= usage.input_tokens
+        and usage.cache_write_1h_tokens <= usage.cache_write_tokens
+        and usage.output_tokens <= 2 * max_tokens + _OUTPUT_SLACK
+    )
 
 
 def _log_lost(record: CallRecord, exc: BaseException | None = None) -> None:
@@ -267,6 +294,15 @@ class Accountant:
         is estimated from the text that did reach us, and the result is flagged.
         """
         usage = reply.usage
+        if usage is not None and not plausible_usage(usage, ctx.max_tokens):
+            # Valid JSON, impossible bill (negative counts, output far past max_tokens): priced,
+            # it would fail the ledger write or charge nonsense. Treated as missing, flagged.
+            log.warning(
+                "provider reported impossible usage; charging a conservative estimate",
+                extra={"provider": ctx.provider, "model": ctx.model, "request_id": ctx.request_id,
+                       "usage": usage.to_dict()},
+            )  # fmt: skip
+            usage = None
         if complete and usage is not None and (usage.input_tokens or usage.output_tokens):
             return usage, False
         if reply.text and complete:

@@ -43,6 +43,17 @@ class Addon(Protocol):
         """Run after a successful call; a failure is logged, never raised."""
 
 
+def _unreadable(ctx: CallContext) -> ProviderError:
+    """A 200 with neither content nor usage: an error to the user, billed as unreadable."""
+    err = ProviderError(
+        f"{ctx.provider} answered {ctx.model} with neither text nor usage",
+        provider=ctx.provider,
+        hint="Try again; the call was charged its worst case (estimated), as the provider may have billed it.",
+    )
+    err.billed_unknown = True  # charged its hold, flagged estimated (Accountant.charge_failure)
+    return err
+
+
 class CallPipeline:
     """Validates, prices, holds, calls, charges and records one call at a time, for anyone."""
 
@@ -165,6 +176,8 @@ class CallPipeline:
         renewal = self._accounts.keep_alive(hold)
         try:
             reply = await provider.chat(request)
+            if not reply.text and reply.usage is None:
+                raise _unreadable(ctx)
         except BaseException as exc:
             if renewal is not None:
                 renewal.cancel()

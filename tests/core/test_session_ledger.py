@@ -274,3 +274,42 @@ async def test_a_call_longer_than_its_holds_lifetime_keeps_its_hold(
         (status,) = await gateway.budget_status(ALICE)
         assert status.spent == result.cost_usd <= status.limit and status.reserved == 0
     assert len(fake.requests_to(CHAT)) == 1
+
+
+async def test_a_reply_with_neither_text_nor_usage_is_an_error_charged_as_unreadable(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    """A well-formed 200 without choices or usage: never a silent success with empty text."""
+    worst = (await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20, dry_run=True)).cost_usd
+    fake.inject("empty_reply", path=CHAT)
+    with pytest.raises(ProviderError, match="neither text nor usage"):
+        await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
+    (status,) = [s for s in await gateway.budget_status(ALICE) if s.name == "global"]
+    assert status.spent == worst and status.reserved == 0  # billed, amount unknown: the hold
+    assert gateway.ledger is not None
+    errors = (await gateway.ledger.totals()).by_outcome["error"]
+    assert errors.calls == 1 and errors.cost_usd == worst
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"completion_tokens": -5},
+        {"prompt_tokens": -1},
+        {"completion_tokens": 1_000_000},
+        {"prompt_tokens_details": {"cached_tokens": 999_999, "audio_tokens": 0}},
+    ],
+)
+async def test_impossible_usage_is_charged_an_estimate_and_the_row_is_kept(
+    gateway: Gateway, fake: FakeUpstream, patch: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Valid by the published schema, impossible as a bill: charged conservatively, flagged, logged."""
+    fake.usage_patch = patch
+    result = await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
+    assert result.cost_estimated and result.cost_usd > 0 and result.usage.output_tokens <= 20
+    (status,) = [s for s in await gateway.budget_status(ALICE) if s.name == "global"]
+    assert status.spent == result.cost_usd and status.reserved == 0
+    assert gateway.ledger is not None
+    assert (await gateway.ledger.totals()).by_outcome["ok"].calls == 1  # the row is kept
+    warned = [r for r in caplog.records if "impossible usage" in r.getMessage()]
+    assert len(warned) == 1 and not any(r.exc_info for r in caplog.records)

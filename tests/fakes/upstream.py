@@ -44,7 +44,7 @@ JSONDict = dict[str, Any]
 Flavour = Literal["openai", "anthropic"]
 FaultKind = Literal[
     "rate_limit", "server_error", "unavailable", "overloaded", "slow",
-    "drop", "drop_mid_stream", "malformed", "no_usage", "auth_echo",
+    "drop", "drop_mid_stream", "malformed", "no_usage", "auth_echo", "empty_reply",
 ]  # fmt: skip
 _ERROR_STATUS = {"rate_limit": 429, "server_error": 500, "unavailable": 503, "overloaded": 529}
 _WIRE: dict[Flavour, Any] = {"openai": oai, "anthropic": ant}  # provider modules with the same helpers
@@ -134,6 +134,8 @@ class FakeUpstream(BackgroundServer):
         """OpenAI ``completion_tokens_details.reasoning_tokens`` (also added to ``completion_tokens``)."""
         self.latency = 0.0
         """Seconds to wait before answering any request."""
+        self.usage_patch: dict[str, Any] = {}
+        """Fields laid over the ``usage`` of non-streamed answers (absurd counts, for tests)."""
         self.omit_usage = False
         """Send no usage (see ``no_usage`` in :meth:`inject`)."""
         self.openai_models = list(self._default_models[0])
@@ -163,6 +165,8 @@ class FakeUpstream(BackgroundServer):
         * ``malformed``: 200 with half a JSON body; streams send the frames up to the cut, one frame
           whose ``data`` is broken JSON, then end the body cleanly.
         * ``no_usage``: this one answer behaves as if ``omit_usage`` were set.
+        * ``empty_reply``: non-streaming: 200 with a well-formed body that has neither
+          ``choices``/``content`` nor ``usage``.
         * ``auth_echo``: 401 whose error message echoes, in full, the key the request carried
           ("Incorrect API key provided: Bearer <key>"), as a careless upstream or proxy might.
         """
@@ -302,9 +306,13 @@ class FakeUpstream(BackgroundServer):
         return self._error(flavour, 404, rid, _WIRE[flavour].model_not_found(model, rid))
 
     def _json(self, flavour: Flavour, data: JSONDict, fault: _Fault | None, rid: str) -> Response:
-        raw = json.dumps(data).encode()
         headers = {**self._headers(flavour, rid), "content-type": "application/json"}
         kind = fault.kind if fault else None
+        if kind == "empty_reply":
+            data = {k: v for k, v in data.items() if k not in ("choices", "content", "usage")}
+        elif self.usage_patch and isinstance(data.get("usage"), dict):
+            data = {**data, "usage": {**data["usage"], **self.usage_patch}}
+        raw = json.dumps(data).encode()
         if kind == "malformed":
             return Response(raw[: len(raw) // 2], 200, headers)
         if kind == "drop_mid_stream":
