@@ -127,6 +127,10 @@ class Metrics:
 
     # -- other producers -----------------------------------------------------------------------
 
+    def alert_gave_up(self, kind: str) -> None:
+        """Count one alert closed as failed after its last delivery attempt."""
+        self.alerts.labels(kind=kind, outcome="gave_up").inc()
+
     def alert_delivered(self, kind: str, ok: bool) -> None:
         """Count one alert delivery attempt (``kind`` e.g. ``threshold``, ``report``)."""
         self.alerts.labels(kind=kind, outcome="ok" if ok else "failed").inc()

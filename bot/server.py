@@ -376,7 +376,7 @@ async def run(
             for service in built:  # services that deliver alerts report each attempt to /metrics
                 observe = getattr(service, "observe_deliveries", None)
                 if observe is not None:
-                    observe(state.metrics.alert_delivered)
+                    observe(state.metrics.alert_delivered, state.metrics.alert_gave_up)
             uv_config = uvicorn.Config(
                 app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
             )

@@ -192,6 +192,8 @@ class JobsConfig(_Strict):
     #: First retry delay of a failed alert delivery; doubles per attempt up to the maximum.
     alert_retry_seconds: float = Field(default=30.0, ge=0)
     alert_retry_max_seconds: float = Field(default=1800.0, ge=0)
+    #: Delivery attempts of one alert before it is closed as failed (kept, with the last error).
+    alert_max_attempts: int = Field(default=12, ge=1, le=1000)
     #: Crontab expressions (minute hour day month weekday) of the daily and weekly reports.
     daily_report_cron: str | None = "0 9 * * *"
     weekly_report_cron: str | None = "0 9 * * 1"

@@ -5,7 +5,9 @@ it is sent, and only that caller can mark it delivered, so the periodic job, the
 ``AlertPushObserver`` and other replicas never send the same row twice. A row is marked delivered
 only when Slack answered ``ok: true``; any failure (Slack down, rate limited past the client's own
 ``Retry-After`` retries, ``not_in_channel``…) leaves it pending with ``next_attempt_at`` pushed
-back exponentially, and the reason in ``last_error``.
+back exponentially, and the reason in ``last_error``, until ``jobs.alert_max_attempts``
+attempts: then it is closed as delivered with ``last_error = "failed: …"`` (logged at ERROR, and
+counted by ``budget_alert_deliveries{outcome="gave_up"}``), so no row is retried for ever.
 
 An alert whose budget has no ``channel`` is closed as delivered with ``last_error = "skipped: no
 channel"``: there is nowhere to send it, and keeping it pending would grow the outbox for ever;
@@ -107,6 +109,8 @@ class AlertDelivery:
         self._jobs = jobs
         #: Told ``(kind, ok)`` after every attempt to send an alert (the server's metrics).
         self.on_attempt: Callable[[str, bool], None] | None = None
+        #: Told ``kind`` when an alert is given up after ``jobs.alert_max_attempts`` (metrics).
+        self.on_gave_up: Callable[[str], None] | None = None
 
     def _retry_delay(self, attempts: int, retry_after: float | None) -> timedelta:
         base = self._jobs.alert_retry_seconds * 2 ** min(attempts, 30)
@@ -177,6 +181,19 @@ class AlertDelivery:
             if not await outbox.delivered(alert.id, owner):
                 log.warning("alert %s was sent after its claim expired", alert.id)
             return 1
+        if alert.attempts + 1 >= self._jobs.alert_max_attempts:
+            # Retrying for ever every half hour helps nobody: close it, loudly, reason kept.
+            log.error(
+                "alert %s to %s given up after %d attempts (%s)",
+                alert.id,
+                alert.channel,
+                alert.attempts + 1,
+                error,
+            )
+            await outbox.gave_up(alert.id, owner, error)
+            if self.on_gave_up is not None:
+                self.on_gave_up(alert.kind)
+            return 0
         retry_at = self._ledger.now() + self._retry_delay(alert.attempts, retry_after)
         log.warning(
             "alert %s not delivered to %s (%s); retry at %s", alert.id, alert.channel, error, retry_at

@@ -67,9 +67,13 @@ class JobRunner:
 
     # -- life cycle ----------------------------------------------------------------------------
 
-    def observe_deliveries(self, callback: Callable[[str, bool], None]) -> None:
-        """Tell ``callback(kind, ok)`` about every alert delivery attempt (for metrics)."""
+    def observe_deliveries(
+        self, callback: Callable[[str, bool], None], gave_up: Callable[[str], None] | None = None
+    ) -> None:
+        """Tell ``callback(kind, ok)`` about every alert delivery attempt, and ``gave_up(kind)``
+        about every alert closed as failed (for metrics)."""
         self.delivery.on_attempt = callback
+        self.delivery.on_gave_up = gave_up
 
     async def start(self) -> None:
         """Register the alert push and start the scheduler in the running event loop."""

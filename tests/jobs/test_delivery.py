@@ -214,3 +214,27 @@ async def test_m002_upgrades_a_version_1_database_with_pending_alerts(
     env = await make_env([budget("team", "10")])
     assert await env.runner.deliver_alerts_once() == 1
     assert "50% of its daily limit" in env.posted(ALERTS)[0]["text"]
+
+
+async def test_an_alert_that_never_gets_through_is_closed_as_failed_after_its_tries(
+    make_env: MakeEnv, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack refuses for good (``channel_not_found``): three tries, then the row leaves the queue,
+    kept with the reason, logged at ERROR and counted, instead of a retry every half hour for ever."""
+    env = await make_env([budget("team", "10", alert_thresholds=[0.5])], jobs={"alert_max_attempts": 3})
+    gave_up: list[str] = []
+    env.runner.observe_deliveries(lambda kind, ok: None, gave_up.append)
+    env.api.inject("chat.postMessage", error="channel_not_found", times=10)
+    await env.charge("6")
+    for _ in range(3):
+        assert await env.runner.deliver_alerts_once() == 0
+        clock.advance(seconds=600)
+    assert await undelivered_alerts(env.ledger) == []
+    async with env.ledger._db.read() as conn:
+        row = (await conn.execute(sa.select(alerts))).one()
+    assert row.attempts == 3 and row.last_error == "failed: channel_not_found"
+    assert gave_up == ["threshold"] and len(env.api.calls_to("chat.postMessage")) == 3
+    assert any(
+        r.levelname == "ERROR" and "given up after 3 attempts" in r.getMessage() for r in caplog.records
+    )
+    assert await env.runner.deliver_alerts_once() == 0 and len(env.api.calls_to("chat.postMessage")) == 3

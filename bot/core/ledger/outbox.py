@@ -118,6 +118,18 @@ class Outbox:
         now = self._clock()
         return await self._finish(alert_id, owner, delivered_at=now, last_error=reason[:_ERROR_LEN])
 
+    async def gave_up(self, alert_id: int, owner: str, error: str) -> bool:
+        """Close an alert whose delivery failed too often: out of the queue, the reason kept
+        (``last_error`` starts with ``failed:``)."""
+        now = self._clock()
+        return await self._finish(
+            alert_id,
+            owner,
+            delivered_at=now,
+            attempts=_a.attempts + 1,
+            last_error=f"failed: {error}"[:_ERROR_LEN],
+        )
+
     async def _insert(self, values: list[dict[str, Any]]) -> list[Alert]:
         if not values:
             return []
