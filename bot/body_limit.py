@@ -115,12 +115,13 @@ class BodyLimit:
 
 
 async def _too_large(scope: Scope, send: Send, limit: int, declared: int | None) -> None:
-    size = f"{declared} bytes" if declared is not None else "more bytes"
+    size = f" ({declared} bytes)" if declared is not None else ""
+    how = "" if declared is not None else " (counted as it arrived, and cut off there)"
     await _answer(
         scope,
         send,
         413,
-        f"the request body ({size}) is larger than this route's limit of {limit} bytes",
+        f"the request body{size} is larger than this route's limit of {limit} bytes{how}",
         hint="Send a smaller body: Slack's payloads are a few KB, and /mcp takes any prompt within "
         "the configured max_prompt_chars.",
     )

@@ -175,17 +175,18 @@ async def _report(args: argparse.Namespace) -> int:
 
 async def _slack(args: argparse.Namespace) -> int:
     from bot.app import build_core
-    from bot.settings import shutdown_grace_from_env
+    from bot.settings import shutdown_grace_from_env, slack_body_limit_from_env
     from bot.slack.app import run_slack_http, run_slack_socket
     from bot.slack.settings import SlackSettings
 
     settings = SlackSettings.from_env()  # fails with a clear message before anything starts
     grace = shutdown_grace_from_env()  # the same BOT_SHUTDOWN_GRACE as `bot serve`
+    body_limit = slack_body_limit_from_env()  # and the same BOT_MAX_SLACK_BODY_BYTES
     async with build_core() as core:
         if settings.app_token:
             await run_slack_socket(core, settings, grace=grace)
         else:
-            await run_slack_http(core, settings, args.host, args.port, grace=grace)
+            await run_slack_http(core, settings, args.host, args.port, grace=grace, body_limit=body_limit)
     return 0
 
 
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(asyncio.run(handlers[args.command](args)))
     except BotError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(_masked(f"error: {err}"), file=sys.stderr)
         runtime = type(err) is ProviderError or isinstance(err, (ProviderConnectionError, RateLimitError))
         return EXIT_PROVIDER if runtime else EXIT_USAGE
     except KeyboardInterrupt:
@@ -219,10 +220,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the promise is one clear line, never a traceback
         logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (re-run with BOT_LOG_LEVEL=DEBUG)",
+            _masked(f"error: unexpected {type(exc).__name__}: {exc} (re-run with BOT_LOG_LEVEL=DEBUG)"),
             file=sys.stderr,
         )
         return EXIT_PROVIDER
+
+
+def _masked(line: str) -> str:
+    """``line`` with secrets masked: key shapes, and the values of the secret environment variables.
+
+    A ``ProviderError`` is masked already (bot.core.redaction); this also covers any other text.
+    """
+    from bot.core.redaction import redact
+    from bot.logging_setup import secret_values
+
+    return redact(line, secret_values(os.environ))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,7 @@ __all__ = [
     "bind_socket",
     "config_secrets",
     "shutdown_grace_from_env",
+    "slack_body_limit_from_env",
     "slack_settings_from_env",
     "startup_summary",
 ]
@@ -74,7 +75,12 @@ def _grace(raw: str) -> float:
     return value
 
 
-def _slack_body(raw: str) -> int:
+def slack_body_limit_from_env(env: Mapping[str, str] | None = None) -> int:
+    """``BOT_MAX_SLACK_BODY_BYTES``, ``DEFAULT_SLACK_BODY_LIMIT`` when unset; ``ConfigurationError`` if invalid."""
+    env = os.environ if env is None else env
+    raw = env.get("BOT_MAX_SLACK_BODY_BYTES")
+    if not raw:
+        return DEFAULT_SLACK_BODY_LIMIT
     low, high = _SLACK_BODY_RANGE
     value = int(raw) if raw.strip().isdigit() else -1
     if not low <= value <= high:
@@ -122,13 +128,12 @@ class ServerSettings:
             number = _port(env["BOT_PORT"], "BOT_PORT") if env.get("BOT_PORT") else DEFAULT_PORT
         host = host or env.get("BOT_HOST") or DEFAULT_HOST
         data_dir = Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
-        raw_body = env.get("BOT_MAX_SLACK_BODY_BYTES")
         return cls(
             host=host,
             port=number,
             data_dir=data_dir,
             shutdown_grace=shutdown_grace_from_env(env),
-            max_slack_body=_slack_body(raw_body) if raw_body else DEFAULT_SLACK_BODY_LIMIT,
+            max_slack_body=slack_body_limit_from_env(env),
         )
 
     def ensure_data_dir(self) -> Path:

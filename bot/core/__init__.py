@@ -22,6 +22,7 @@ from bot.core.errors import (
     ValidationError,
 )
 from bot.core.monitoring import AlertManager, CostTracker, TokenMonitor
+from bot.core.redaction import Redactor, redact
 from bot.core.types import CallRecord, ChatResult, Message, ModelInfo, Principal, TokenCount, Usage
 
 if TYPE_CHECKING:
@@ -77,10 +78,12 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "RateLimitError",
+    "Redactor",
     "SessionFactory",
     "TokenCount",
     "TokenLimitError",
     "TokenMonitor",
     "Usage",
     "ValidationError",
+    "redact",
 ]

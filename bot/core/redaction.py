@@ -9,8 +9,9 @@ The server's log (``bot.logging_setup``) masks with the same :class:`Redactor`.
 Two kinds of secret are masked:
 
 * shapes, wherever they appear, configured or not: OpenAI keys (``sk-…``, ``sk-proj-…``),
-  Anthropic keys (``sk-ant-…``), Slack tokens (``xoxb-``/``xoxp-``/``xoxa-``/``xoxo-``/…,
-  ``xapp-…``), the token after ``Bearer``, and passwords inside URLs (database DSNs);
+  Anthropic keys (``sk-ant-…``), Slack tokens (``xoxb-``, ``xoxp-``, ``xoxa-``, ``xoxe-``, …,
+  rotating ``xoxe.xoxb-…``, app-level ``xapp-…``), the token after ``Bearer``, and passwords
+  inside URLs (database DSNs);
 * exact values the caller knows are secret (configured keys and tokens), however they look.
 """
 
@@ -31,7 +32,8 @@ MIN_SECRET_LENGTH = 6
 #: a suffix kept after it (the URL pattern keeps "://user:" and "@").
 _PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),  # OpenAI (sk-…, sk-proj-…) and Anthropic (sk-ant-…) keys
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]+"),  # Slack bot / user / app / legacy tokens
+    # Slack bot / user / legacy / refresh tokens, and rotating ones ("xoxe.xoxb-…")
+    re.compile(r"\bxox[a-z](?:\.xox[a-z])?-[A-Za-z0-9\-]+"),
     re.compile(r"\bxapp-[A-Za-z0-9\-]+"),  # Slack app-level tokens
     re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=\-]{12,}"),  # Authorization header values
     re.compile(r"(?i)(://[^:/\s@]+:)[^@\s/]+(@)"),  # passwords inside URLs (database DSNs)

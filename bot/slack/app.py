@@ -1,7 +1,9 @@
 """Build the Bolt app and serve it: ``POST /slack/events`` over HTTP, or Socket Mode.
 
-Bolt verifies every request's signature (signing secret, 5-minute window) before any listener
-runs, so a forged or stale request gets 401 and costs nothing.
+Every request's signature (signing secret, 5-minute window) is checked on the raw body before
+Bolt parses anything (``bot.slack.verify``), so a forged, stale or malformed request gets 400 or
+401, costs nothing and logs no traceback; Bolt then verifies it again before any listener runs.
+The bot's identity (``auth.test``) is fetched once per token (``bot.slack.identity``).
 """
 
 from __future__ import annotations
@@ -21,20 +23,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bot.body_limit import BodyLimit
 from bot.core.gateway import Gateway
-from bot.settings import DEFAULT_GRACE
+from bot.logging_setup import REFUSAL_SCOPE_KEY
+from bot.settings import DEFAULT_GRACE, DEFAULT_SLACK_BODY_LIMIT
 from bot.slack.commands import SlackCommands
+from bot.slack.identity import BotIdentity
 from bot.slack.settings import SlackSettings
+from bot.slack.verify import SignatureCheck, payload_refusal
 
 __all__ = ["build_bolt_app", "run_slack_http", "run_slack_socket", "slack_http_app", "web_client"]
 
 log = logging.getLogger(__name__)
 
 
-def web_client(settings: SlackSettings) -> AsyncWebClient:
-    """The Web API client: the configured base URL, and 429s retried after ``Retry-After``."""
+def web_client(settings: SlackSettings, *, with_token: bool = True) -> AsyncWebClient:
+    """The Web API client: the configured base URL, and 429s retried after ``Retry-After``.
+
+    ``with_token=False`` builds the Bolt app's own client, whose requests get the token from
+    ``BotIdentity`` instead.
+    """
     return AsyncWebClient(
-        token=settings.bot_token,
+        token=settings.bot_token if with_token else None,
         base_url=settings.api_url,
         retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
     )
@@ -43,7 +53,11 @@ def web_client(settings: SlackSettings) -> AsyncWebClient:
 def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp, SlackCommands]:
     """The Bolt app with the three slash commands registered, and the handlers object behind them."""
     client = web_client(settings)
-    app = AsyncApp(client=client, signing_secret=settings.signing_secret)
+    app = AsyncApp(
+        client=web_client(settings, with_token=False),
+        authorize=BotIdentity(client),
+        signing_secret=settings.signing_secret,
+    )
     commands = SlackCommands(gateway, settings, client)
     app.command("/generate")(commands.generate)
     app.command("/budget")(commands.budget)
@@ -66,9 +80,17 @@ def slack_http_app(gateway: Gateway, settings: SlackSettings, *, grace: float = 
     """
     bolt, commands = build_bolt_app(gateway, settings)
     handler = AsyncSlackRequestHandler(bolt)
+    signature = SignatureCheck(settings.signing_secret)
 
     async def events(request: Request) -> Response:
-        return await handler.handle(request)
+        body = await request.body()  # at most the route's body limit (bot.body_limit)
+        refusal = signature.refusal(request.headers, body) or payload_refusal(
+            body, request.headers.get("content-type")
+        )
+        if refusal is not None:
+            request.scope[REFUSAL_SCOPE_KEY] = refusal.message
+            return refusal.response()
+        return await handler.handle(request)  # Starlette keeps the body: it is not read twice
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -81,10 +103,19 @@ def slack_http_app(gateway: Gateway, settings: SlackSettings, *, grace: float = 
 
 
 async def run_slack_http(
-    gateway: Gateway, settings: SlackSettings, host: str, port: int, *, grace: float = DEFAULT_GRACE
+    gateway: Gateway,
+    settings: SlackSettings,
+    host: str,
+    port: int,
+    *,
+    grace: float = DEFAULT_GRACE,
+    body_limit: int = DEFAULT_SLACK_BODY_LIMIT,
 ) -> None:
-    """Serve the Slack endpoint with uvicorn until stopped (the integrator's ``bot slack``)."""
-    app = slack_http_app(gateway, settings, grace=grace)
+    """Serve the Slack endpoint with uvicorn until stopped (the integrator's ``bot slack``).
+
+    Bodies above ``body_limit`` bytes are answered 413 unread, as in ``bot serve``.
+    """
+    app = BodyLimit(slack_http_app(gateway, settings, grace=grace), {"/slack/events": body_limit})
     config = uvicorn.Config(app, host=host, port=port, lifespan="on")
     await uvicorn.Server(config).serve()
 

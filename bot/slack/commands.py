@@ -16,18 +16,19 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.errors import BotError, DuplicateRequestError
 from bot.core.gateway import Gateway
 from bot.core.types import Principal
 from bot.slack.blocks import budget_blocks, models_blocks, team_blocks
-from bot.slack.dedupe import RetryDeduper, command_key, request_id_of
+from bot.slack.dedupe import RetryDeduper, command_key, request_id_for
 from bot.slack.delivery import AnswerStream, Delivery
 from bot.slack.formatting import footer
 from bot.slack.settings import SlackSettings
 
-__all__ = ["GENERATE_USAGE", "SlackCommands", "parse_generate", "principal_of"]
+__all__ = ["GENERATE_USAGE", "SlackCommands", "invocation_key", "parse_generate", "principal_of"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ def principal_of(command: dict[str, Any]) -> Principal:
         user_id=command.get("user_id") or None,
         channel_id=command.get("channel_id") or None,
     )
+
+
+def invocation_key(command: dict[str, Any], request: AsyncBoltRequest | None) -> str:
+    """``command_key`` of this command, from the signed request when it has no ids of its own."""
+    if request is None:
+        return command_key(command)
+    timestamp = (request.headers.get("x-slack-request-timestamp") or [""])[0]
+    return command_key(command, timestamp=timestamp, raw_body=request.raw_body)
 
 
 def parse_generate(text: str) -> tuple[str | None, str]:
@@ -83,10 +92,10 @@ class SlackCommands:
         while self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    async def _gate(self, ack: AsyncAck, command: dict[str, Any]) -> bool:
+    async def _gate(self, ack: AsyncAck, command: dict[str, Any], key: str) -> bool:
         """Ack-and-stop for retries and for users or channels outside the allow-lists."""
-        if not self.deduper.first_time(command_key(command)):
-            log.info("ignoring a retry of %s %s", command.get("command"), command_key(command))
+        if not self.deduper.first_time(key):
+            log.info("ignoring a retry of %s %s", command.get("command"), key)
             await ack()
             return False
         refusal = self.settings.refusal(command.get("user_id", ""), command.get("channel_id", ""))
@@ -96,27 +105,32 @@ class SlackCommands:
         return True
 
     # -- /generate -----------------------------------------------------------------------------
-    async def generate(self, ack: AsyncAck, command: dict[str, Any]) -> None:
+    async def generate(
+        self, ack: AsyncAck, command: dict[str, Any], request: AsyncBoltRequest | None = None
+    ) -> None:
         """``/generate [--model M] PROMPT``: ack now, answer in the channel when the model is done."""
-        if not await self._gate(ack, command):
+        key = invocation_key(command, request)
+        if not await self._gate(ack, command, key):
             return
         model, prompt = parse_generate(command.get("text", ""))
         if not prompt:
             await ack(text=f"Your prompt is empty. {GENERATE_USAGE}", response_type="ephemeral")
             return
         await ack(text="Working on it…", response_type="ephemeral")
-        self._spawn(self._run_generation(command, model, prompt))
+        self._spawn(self._run_generation(command, model, prompt, key))
 
-    async def _run_generation(self, command: dict[str, Any], model: str | None, prompt: str) -> None:
+    async def _run_generation(
+        self, command: dict[str, Any], model: str | None, prompt: str, key: str
+    ) -> None:
         principal = principal_of(command)
         out = Delivery(self.client, command)
         stream = AnswerStream(out, interval=self.settings.update_interval, limit=self.settings.message_limit)
         try:
             result = await self.gateway.generate(
-                principal, prompt, model=model, on_text=stream.on_text, request_id=request_id_of(command)
+                principal, prompt, model=model, on_text=stream.on_text, request_id=request_id_for(key)
             )
         except DuplicateRequestError:  # a retry that reached this replica: the first copy answers
-            log.info("ignoring a retry of %s already run elsewhere", command_key(command))
+            log.info("ignoring a retry of %s already run elsewhere", key)
             return
         except BotError as err:
             await stream.abandon("stopped: the reason was sent to you")
@@ -140,9 +154,11 @@ class SlackCommands:
         await stream.finish(footer(result, remaining))
 
     # -- /budget -------------------------------------------------------------------------------
-    async def budget(self, ack: AsyncAck, command: dict[str, Any]) -> None:
+    async def budget(
+        self, ack: AsyncAck, command: dict[str, Any], request: AsyncBoltRequest | None = None
+    ) -> None:
         """``/budget`` (yours), ``/budget team`` and ``/budget set NAME[:KEY] AMOUNT`` (admins)."""
-        if not await self._gate(ack, command):
+        if not await self._gate(ack, command, invocation_key(command, request)):
             return
         words = command.get("text", "").split()
         sub = words[0].lower() if words else ""
@@ -199,9 +215,11 @@ class SlackCommands:
         await ack(text=f"Budget `{name}`{scope} is now ${limit} per period.", response_type="ephemeral")
 
     # -- /models -------------------------------------------------------------------------------
-    async def models(self, ack: AsyncAck, command: dict[str, Any]) -> None:
+    async def models(
+        self, ack: AsyncAck, command: dict[str, Any], request: AsyncBoltRequest | None = None
+    ) -> None:
         """``/models [PROVIDER]``: models and prices, providers with a key first."""
-        if not await self._gate(ack, command):
+        if not await self._gate(ack, command, invocation_key(command, request)):
             return
         provider = command.get("text", "").strip() or None
         try:

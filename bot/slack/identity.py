@@ -44,6 +44,8 @@ class BotIdentity(AsyncAuthorize):
         pending = self._answers.get(token)
         if pending is None:
             pending = asyncio.ensure_future(self._fetch(token))
+            # Read a failure even if every waiter gave up, so it is not reported as never retrieved.
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._answers[token] = pending
         # Shielded: one caller giving up (its request cancelled) must not cancel the others' wait.
         return await asyncio.shield(pending)
@@ -66,7 +68,7 @@ class BotIdentity(AsyncAuthorize):
         actor_enterprise_id: str | None = None,
         actor_team_id: str | None = None,
         actor_user_id: str | None = None,
-    ) -> AuthorizeResult | None:
+    ) -> AuthorizeResult:
         """What Bolt's single-workspace authorization would answer, from the shared ``auth.test``."""
         answer = await self.auth_test()
         return _result(answer, str(self._client.token), user_id)

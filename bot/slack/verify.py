@@ -61,7 +61,10 @@ class SignatureCheck:
         if not timestamp or not signature:
             missing = " and ".join(
                 name
-                for name, value in (("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature))
+                for name, value in (
+                    ("X-Slack-Request-Timestamp", timestamp),
+                    ("X-Slack-Signature", signature),
+                )
                 if not value
             )
             return Refusal(401, f"the request has no {missing} header")
