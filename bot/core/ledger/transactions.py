@@ -36,7 +36,6 @@ __all__ = [
     "Result",
     "Run",
     "Tx",
-    "any_expired",
     "charge_rows",
     "claim_request",
     "ensure_periods",
@@ -243,12 +242,6 @@ def sweep(s: Statements, now: datetime, batch: int) -> Tx[int]:
     if give_back:
         yield from charge_rows(s, give_back, 0)
     return len(ids)
-
-
-def any_expired(s: Statements, now: datetime) -> Tx[bool]:
-    """Whether any hold has expired at ``now`` (a read: no lock is taken)."""
-    rows, _ = yield s.any_expired_hold, {"p_now": now}
-    return bool(rows)
 
 
 def renew(s: Statements, hold_id: str, expires_at: datetime) -> Tx[bool]:
