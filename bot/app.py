@@ -8,13 +8,16 @@ from collections.abc import AsyncIterator, Mapping
 
 from bot.core.config import AppConfig
 from bot.core.gateway import Gateway
+from bot.settings import apply_data_dir, data_dir_from_env
 
 __all__ = ["build_core", "load_config", "open_core"]
 
 
 def load_config(env: Mapping[str, str] | None = None) -> AppConfig:
-    """Config from ``BOT_CONFIG`` (YAML) and ``BOT_*`` variables, else the embedded defaults."""
-    return AppConfig.from_env(os.environ if env is None else env)
+    """Config from ``BOT_CONFIG`` (YAML) and ``BOT_*`` variables, else the embedded defaults,
+    with the default SQLite ledger under ``BOT_DATA_DIR``: one ledger for every command."""
+    env = os.environ if env is None else env
+    return apply_data_dir(AppConfig.from_env(env), data_dir_from_env(env), env)
 
 
 async def open_core(config: AppConfig | None = None, *, with_ledger: bool = True) -> Gateway:

@@ -342,7 +342,7 @@ async def run(
             secrets=secret_values(os.environ, config_secrets(config)),
         ).text
         settings.ensure_data_dir()
-        config = apply_data_dir(config, settings, os.environ)
+        config = apply_data_dir(config, settings.data_dir, os.environ)
         from bot.core.ledger.database import normalise_url
 
         normalise_url(config.database.url)

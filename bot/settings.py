@@ -31,6 +31,7 @@ __all__ = [
     "apply_data_dir",
     "bind_socket",
     "config_secrets",
+    "data_dir_from_env",
     "shutdown_grace_from_env",
     "slack_body_limit_from_env",
     "slack_settings_from_env",
@@ -127,7 +128,7 @@ class ServerSettings:
         else:
             number = _port(env["BOT_PORT"], "BOT_PORT") if env.get("BOT_PORT") else DEFAULT_PORT
         host = host or env.get("BOT_HOST") or DEFAULT_HOST
-        data_dir = Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+        data_dir = data_dir_from_env(env)
         return cls(
             host=host,
             port=number,
@@ -152,15 +153,22 @@ class ServerSettings:
         return self.data_dir
 
 
-def apply_data_dir(config: AppConfig, settings: ServerSettings, env: Mapping[str, str]) -> AppConfig:
+def data_dir_from_env(env: Mapping[str, str]) -> Path:
+    """The data folder ``BOT_DATA_DIR`` names (default ``./data``), for every command alike."""
+    return Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+
+
+def apply_data_dir(config: AppConfig, data_dir: Path, env: Mapping[str, str]) -> AppConfig:
     """Put the default SQLite ledger under the data folder unless a database URL was chosen.
 
-    The core's embedded default is relative to the working directory; a server should keep its
-    ledger where ``BOT_DATA_DIR`` says (``/data`` in the container, a mounted volume).
+    The core's embedded default is relative to the working directory; every command (``serve``,
+    ``generate``, ``budget``, ``report``, ``mcp``, ``slack``) keeps the ledger where
+    ``BOT_DATA_DIR`` says (``/data`` in the container, a mounted volume), so they all read and
+    write the one ledger of the deployment, whatever folder they run in.
     """
     if env.get("BOT_DATABASE_URL") or config.database.url != DatabaseConfig().url:
         return config
-    path = (settings.data_dir / "bot.db").resolve()
+    path = (data_dir / "bot.db").resolve()
     database = config.database.model_copy(update={"url": f"sqlite+aiosqlite:///{path}"})
     return config.model_copy(update={"database": database})
 

@@ -125,6 +125,28 @@ def test_budget_shows_what_is_left_after_a_call(
     assert "me-daily" in text.stdout and "left" in text.stdout
 
 
+def test_every_command_uses_the_ledger_bot_data_dir_names_from_any_folder(
+    fake_env: dict[str, str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """``bot serve`` keeps the ledger under ``BOT_DATA_DIR``; ``bot generate`` and ``bot budget``
+    run from other folders read and write that same ledger, and leave no stray ``data/`` behind."""
+    config = tmp_path / "c.yaml"
+    config.write_text("budgets:\n  - {name: everyone, scope: global, limit_usd: 100, period: monthly}\n")
+    data = tmp_path / "shared-data"
+    # No database URL (run() sets one per folder by default): the data folder decides.
+    env = {**fake_env, "BOT_CONFIG": str(config), "BOT_DATA_DIR": str(data), "BOT_DATABASE_URL": ""}
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    assert run(["generate", "hi", "--model", "gpt-4o-mini"], env, here).returncode == 0
+    done = run(["budget", "--json"], env, there)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)
+    assert Decimal(row["spent"]) > 0
+    assert (data / "bot.db").exists()
+    assert not (here / "data").exists() and not (there / "data").exists()
+
+
 def test_slack_without_settings_says_what_to_set(tmp_path: Path) -> None:
     done = run(["slack"], {}, tmp_path)
     assert done.returncode == 2 and "SLACK_BOT_TOKEN" in done.stderr and "Traceback" not in done.stderr

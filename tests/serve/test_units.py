@@ -144,9 +144,9 @@ def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     assert (s.host, s.port, s.data_dir) == ("127.0.0.1", 9001, tmp_path)
     with pytest.raises(ConfigurationError, match="BOT_PORT"):
         ServerSettings.from_env({"BOT_PORT": "0"})
-    config = apply_data_dir(AppConfig(), s, {})
+    config = apply_data_dir(AppConfig(), s.data_dir, {})
     assert config.database.url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/bot.db"
-    assert apply_data_dir(AppConfig(), s, {"BOT_DATABASE_URL": "x"}) == AppConfig()
+    assert apply_data_dir(AppConfig(), s.data_dir, {"BOT_DATABASE_URL": "x"}) == AppConfig()
 
 
 def test_one_shutdown_grace_for_bot_serve_and_bot_slack() -> None:
