@@ -220,13 +220,6 @@ class Database:
             return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
 
-    def upsert(self, table: sa.Table, conflict: Sequence[str], update: Sequence[str]) -> sa.Insert:
-        """``INSERT … ON CONFLICT (conflict) DO UPDATE SET`` each of ``update`` to the new value."""
-        stmt = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
-        return stmt.on_conflict_do_update(
-            index_elements=list(conflict), set_={c: stmt.excluded[c] for c in update}
-        )
-
     def epoch_seconds(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """Seconds since the Unix epoch of a ``UTCDateTime`` column, as an SQL expression."""
         if self.is_sqlite:
