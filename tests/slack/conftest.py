@@ -103,8 +103,12 @@ class SlackHarness:
         return await self.post(self.form(command, text, **fields))
 
     async def settle(self, started: int = 1) -> None:
-        """Wait (10 s at most) until ``started`` generations began and every one of them finished."""
-        async with asyncio.timeout(10):
+        """Wait (30 s at most) until ``started`` generations began and every one of them finished.
+
+        A guard against a hang, not a speed check: the longest answer here streams for ~8 s on
+        this machine alone, longer under a loaded CI run.
+        """
+        async with asyncio.timeout(30):
             while self.commands.started < started or self.commands.tasks:
                 await self.commands.wait_idle()
                 await asyncio.sleep(0.01)
