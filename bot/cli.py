@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from bot.core.errors import BotError, ProviderConnectionError, ProviderError, RateLimitError
+from bot.core.errors import (
+    USER_ERRORS,
+    LedgerUnavailable,
+    ProviderConnectionError,
+    ProviderError,
+    RateLimitError,
+)
+from bot.core.money_text import usd
 
 __all__ = ["main"]
 
@@ -67,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _money(value: Decimal | None) -> str:
-    return "-" if value is None else f"${value:.6f}".rstrip("0").rstrip(".")
+    return "-" if value is None else usd(value)
 
 
 async def _generate(args: argparse.Namespace) -> int:
@@ -209,9 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return int(asyncio.run(handlers[args.command](args)))
-    except BotError as err:
+    except USER_ERRORS as err:
         print(_masked(f"error: {err}"), file=sys.stderr)
-        runtime = type(err) is ProviderError or isinstance(err, (ProviderConnectionError, RateLimitError))
+        # A passing outage (provider or ledger) exits 1: nothing the user typed was wrong.
+        transient = (ProviderConnectionError, RateLimitError, LedgerUnavailable)
+        runtime = type(err) is ProviderError or isinstance(err, transient)
         return EXIT_PROVIDER if runtime else EXIT_USAGE
     except KeyboardInterrupt:
         return 130

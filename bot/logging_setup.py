@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -19,13 +20,16 @@ from typing import Any, TextIO
 from bot.core.redaction import Redactor
 
 __all__ = [
+    "MCP_SESSION_LOGGERS",
     "REFUSAL_SCOPE_KEY",
     "CallLogger",
     "JsonFormatter",
     "PlainFormatter",
     "RedactionFilter",
     "Redactor",
+    "SessionIdFilter",
     "configure_logging",
+    "hide_mcp_session_ids",
     "request_id_var",
     "secret_values",
 ]
@@ -45,6 +49,7 @@ SECRET_ENV_VARS = (
     "SLACK_SIGNING_SECRET",
     "SLACK_APP_TOKEN",
     "BOT_DATABASE_URL",
+    "BOT_METRICS_TOKEN",
 )
 #: Record attributes that are not extras (``color_message`` is uvicorn's ANSI copy of the message).
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -52,6 +57,43 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
     "asctime",
     "color_message",
 }
+
+
+#: The loggers of the MCP SDK's Streamable HTTP transport, which name session ids in their lines.
+MCP_SESSION_LOGGERS = ("mcp.server.streamable_http_manager", "mcp.server.streamable_http")
+#: An MCP session id as the SDK makes them (``uuid4().hex``).
+_SESSION_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+class SessionIdFilter(logging.Filter):
+    """Logger filter: replaces MCP session ids with ``<session>``; never drops a line.
+
+    A session id is all a request needs to use its session (with its owner's token), so none is
+    ever written to the log, at any level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite ``record`` in place."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the line
+            message = str(record.msg)
+        record.msg, record.args = _SESSION_ID.sub("<session>", message), None
+        return True
+
+
+def hide_mcp_session_ids() -> None:
+    """Keep MCP session ids out of the log (idempotent).
+
+    The SDK's transport logs every session created, ended, expired or unknown at INFO, with its
+    id: those loggers now keep only WARNING and above, and every line they keep is masked.
+    """
+    for name in MCP_SESSION_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, SessionIdFilter) for f in logger.filters):
+            logger.addFilter(SessionIdFilter())
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 class RedactionFilter(logging.Filter):

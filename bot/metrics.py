@@ -5,7 +5,8 @@
 latency. Budget gauges are refreshed from ``gateway.status_all()`` when ``/metrics`` is scraped,
 so they are never stale and cost nothing between scrapes. ``alert_delivered`` is for whatever
 delivers budget alerts (the scheduler) to report each attempt; ``provider_checked`` for the
-background provider check (``bot/readiness.py``) to report each result.
+background provider check (``bot/readiness.py``) to report each result; ``llm_ledger_up`` is
+set by every readiness check and every scrape (whose budget read is itself a ledger check).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bot.core.ledger import BudgetStatus
+from bot.core.ledger.outage import unavailable
 from bot.core.types import CallRecord
 
 __all__ = ["CONTENT_TYPE", "BudgetSource", "Metrics"]
@@ -75,6 +77,12 @@ class Metrics:
         self.in_flight = Gauge(
             "http_requests_in_flight", "Work-carrying HTTP requests being served.", registry=r
         )
+        self.client_timeouts = Counter(
+            "http_client_timeouts",
+            "Connections or requests closed because the client was too slow, by phase (header, body).",
+            ("phase",),
+            registry=r,
+        )
         self.draining = Gauge("server_draining", "1 while the server is shutting down.", registry=r)
         self.alerts = Counter(
             "budget_alert_deliveries", "Budget alert delivery attempts.", ("kind", "outcome"), registry=r
@@ -83,6 +91,12 @@ class Metrics:
             "llm_provider_up",
             "1 when the provider's last reachability check succeeded, else 0 (absent before the first).",
             ("provider",),
+            registry=r,
+        )
+        self.ledger_up = Gauge(
+            "llm_ledger_up",
+            "1 when the budget ledger's database answered its last check (each /readyz and each "
+            "scrape of /metrics), else 0: every call is refused while it is 0.",
             registry=r,
         )
         self.budget_fraction = Gauge(
@@ -139,6 +153,14 @@ class Metrics:
         """Record the result of one reachability check of ``provider`` (its configured name)."""
         self.provider_up.labels(provider=provider).set(1 if up else 0)
 
+    def client_timed_out(self, phase: str) -> None:
+        """Count one slow client cut off (``phase``: ``header`` or ``body``, see ``bot.timeouts``)."""
+        self.client_timeouts.labels(phase=phase).inc()
+
+    def ledger_checked(self, up: bool) -> None:
+        """Record whether the ledger's database answered a check just made."""
+        self.ledger_up.set(1 if up else 0)
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request; ``route`` must come from a fixed set (it is a label)."""
         self.http_requests.labels(route=route, method=method, status=str(status)).inc()
@@ -152,10 +174,16 @@ class Metrics:
             return
         try:
             statuses = await self._budgets()
-        except Exception:
+        except Exception as exc:
             # A scrape must still answer when the database hiccups; readiness reports the cause.
-            log.warning("could not read budgets for /metrics", exc_info=True)
+            self.ledger_checked(False)
+            outage = unavailable(exc)
+            if outage is not None:  # an outage, not a bug: one line, no traceback
+                log.warning("could not read budgets for /metrics: %s", outage.cause)
+            else:
+                log.warning("could not read budgets for /metrics", exc_info=True)
             return
+        self.ledger_checked(True)
         for gauge in (self.budget_fraction, self.budget_spent, self.budget_limit):
             gauge.clear()  # budgets removed from config, or a new period, must not linger
         for s in statuses:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.core.gateway import Gateway
+from bot.core.ledger.outage import unavailable
 from bot.core.providers import Provider
 from bot.metrics import Metrics
 
@@ -49,14 +50,19 @@ _CHECK_TIMEOUT = 5.0
 async def database_status(gateway: Gateway, *, within: float = _CHECK_TIMEOUT) -> str:
     """``"ok"`` when the gateway's ledger answers a query ``within`` seconds, else ``"error: …"``.
 
-    A gateway without a ledger has no database to wait for, so it is ``"ok"``.
+    A database that cannot be reached (``bot.core.ledger.outage``) reads ``"error: the budget
+    ledger is unreachable (<the driver's error>)"``. A gateway without a ledger has no database
+    to wait for, so it is ``"ok"``.
     """
     try:
         async with asyncio.timeout(within):
             await gateway.ping_ledger()
     except TimeoutError:
-        return f"error: no answer within {within:g} s"
+        return f"error: the budget ledger is unreachable (no answer within {within:g} s)"
     except Exception as exc:
+        outage = unavailable(exc)
+        if outage is not None:
+            return f"error: the budget ledger is unreachable ({outage.cause})"[:300]
         # SQLAlchemy appends the SQL and a link on further lines: the first says what went wrong.
         first_line = (str(exc).splitlines() or [""])[0]
         return f"error: {type(exc).__name__}: {first_line}"[:300]
@@ -168,18 +174,22 @@ class ProviderWatch:
 class Readiness:
     """What ``/readyz`` answers: ready when started, not draining and the database answers.
 
+    Each check also sets ``llm_ledger_up``.
+
     ``providers`` is the background watch of every provider with a key; its statuses are
     reported alongside, never gating (see the module's docstring for why).
     """
 
     def __init__(self, gateway: Gateway, metrics: Metrics) -> None:
         self.gateway = gateway
+        self.metrics = metrics
         keyed = [p for p in gateway.sessions.router.providers.values() if p.has_key]
         self.providers = ProviderWatch(keyed, metrics)
 
     async def check(self, *, started: bool, draining: bool) -> tuple[bool, dict[str, Any]]:
         """``(ready, body)``: the body names every check, what is not ready, and the providers."""
         checks = {"database": await database_status(self.gateway)}
+        self.metrics.ledger_checked(checks["database"] == "ok")
         if draining:
             checks["server"] = "shutting down"
         elif not started:

@@ -34,11 +34,14 @@ from bot.body_limit import BodyLimit
 from bot.core.config import AppConfig
 from bot.core.errors import BotError
 from bot.core.gateway import Gateway
+from bot.front_door import front_door
 from bot.heap import freeze_when_ready
 from bot.logging_setup import REFUSAL_SCOPE_KEY, CallLogger, configure_logging, request_id_var, secret_values
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.metrics_auth import MetricsAuth
 from bot.readiness import Readiness
 from bot.settings import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_GRACE,
     DEFAULT_SLACK_BODY_LIMIT,
     ServerSettings,
@@ -48,6 +51,7 @@ from bot.settings import (
     slack_settings_from_env,
     startup_summary,
 )
+from bot.timeouts import BodyTimeout, connection_timeouts
 
 __all__ = ["ServerState", "Service", "ServiceFactory", "build_app", "run"]
 
@@ -89,11 +93,16 @@ class ServerState:
     freeze_heap: bool = False
     t0: float = field(default_factory=time.monotonic)
     idle_waiters: list[Callable[[], Any]] = field(default_factory=list)
+    #: Called when the drain starts: request bodies still arriving are cut off (``bot.timeouts``).
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
+    metrics_auth: MetricsAuth = field(default_factory=lambda: MetricsAuth(None))
 
     async def drain(self) -> None:
         """Stop taking work, then wait (up to ``grace``) for work in flight to finish."""
         self.draining = True
         self.metrics.draining.set(1)
+        for cut in self.on_drain:
+            cut()
         log.info(
             "shutting down: refusing new work, waiting for calls in flight",
             extra={"in_flight": self.in_flight},
@@ -181,6 +190,8 @@ def build_app(
     services: Sequence[Service] = (),
     grace: float = DEFAULT_GRACE,
     slack_body_limit: int = DEFAULT_SLACK_BODY_LIMIT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    metrics_token: str | None = None,
 ) -> tuple[ASGIApp, ServerState]:
     """The whole server as one ASGI app, and the state its drain and routes share.
 
@@ -188,16 +199,19 @@ def build_app(
     an app token; ``config.mcp.clients`` enables ``/mcp``. ``services`` start after the faces and
     stop before the gateway closes. Request bodies are limited before any route sees them
     (``bot.body_limit``): ``slack_body_limit`` bytes for Slack, the MCP SDK's limit for ``/mcp``,
-    next to nothing elsewhere.
+    next to nothing elsewhere; a body must arrive within ``body_timeout`` seconds
+    (``bot.timeouts``). ``metrics_token`` puts ``/metrics`` behind a bearer token.
     """
     metrics = Metrics(gateway.status_all)
     gateway.add_observer(metrics)
     gateway.add_observer(CallLogger())
     state = ServerState(metrics, Readiness(gateway, metrics), grace=grace)
+    state.metrics_auth = MetricsAuth(metrics_token)
     routes: list[BaseRoute] = [
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/", front_door(gateway, config, slack_settings), methods=["GET", "HEAD"]),
     ]
     lifespans: list[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = []
     body_limits: dict[str, int] = {}
@@ -216,7 +230,7 @@ def build_app(
         mcp_app = mcp_http_app(gateway, config.mcp)
         routes += mcp_app.routes
         body_limits["/mcp"] = MCP_BODY_LIMIT
-        lifespans.append(mcp_app.state.mcp_server.session_manager.run)
+        lifespans.append(mcp_app.state.mcp_sessions.run)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -243,7 +257,9 @@ def build_app(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
-    return _Guard(BodyLimit(app, body_limits), state), state
+    timed = BodyTimeout(BodyLimit(app, body_limits), body_timeout, metrics.client_timed_out)
+    state.on_drain.append(timed.cut_all)
+    return _Guard(timed, state), state
 
 
 @contextlib.asynccontextmanager
@@ -283,7 +299,9 @@ async def _readyz(request: Request) -> Response:
 
 
 async def _metrics(request: Request) -> Response:
-    return Response(await _state(request).metrics.render(), media_type=CONTENT_TYPE)
+    state = _state(request)
+    refusal = state.metrics_auth.refusal(request)
+    return refusal or Response(await state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 class _Server(uvicorn.Server):
@@ -372,13 +390,18 @@ async def run(
                 services=built,
                 grace=settings.shutdown_grace,
                 slack_body_limit=settings.max_slack_body,
+                body_timeout=settings.body_timeout,
+                metrics_token=settings.metrics_token,
             )
             for service in built:  # services that deliver alerts report each attempt to /metrics
                 observe = getattr(service, "observe_deliveries", None)
                 if observe is not None:
                     observe(state.metrics.alert_delivered, state.metrics.alert_gave_up)
+            timeouts = connection_timeouts(
+                settings.header_timeout, settings.idle_timeout, state.metrics.client_timed_out
+            )
             uv_config = uvicorn.Config(
-                app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
+                app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5, **timeouts
             )
             server = _Server(uv_config, state)
             state.t0 = t0

@@ -12,7 +12,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,11 @@ if TYPE_CHECKING:
     from bot.core.gateway import Gateway
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_GRACE",
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_HOST",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_PORT",
     "DEFAULT_SLACK_BODY_LIMIT",
     "ServerSettings",
@@ -32,6 +35,7 @@ __all__ = [
     "bind_socket",
     "config_secrets",
     "data_dir_from_env",
+    "metrics_token_from_env",
     "shutdown_grace_from_env",
     "slack_body_limit_from_env",
     "slack_settings_from_env",
@@ -47,6 +51,16 @@ DEFAULT_GRACE = 30.0
 #: payloads are a few KB (a slash command's text is at most ~4,000 characters).
 DEFAULT_SLACK_BODY_LIMIT = 64 * 1024
 _SLACK_BODY_RANGE = (1024, 16 * 1024 * 1024)
+#: Seconds a client has to send a complete request head (``BOT_HEADER_TIMEOUT``), counted from
+#: the connection's opening or the request's first byte; a silent connection is closed after it.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: Seconds a client has to send a whole request body once its head is in (``BOT_BODY_TIMEOUT``):
+#: the largest body (4 MiB to /mcp) at about 140 KB/s.
+DEFAULT_BODY_TIMEOUT = 30.0
+#: Seconds a kept-alive connection may sit idle between two requests (``BOT_IDLE_TIMEOUT``).
+DEFAULT_IDLE_TIMEOUT = 5.0
+#: Shortest ``BOT_METRICS_TOKEN`` accepted (as for MCP tokens).
+MIN_METRICS_TOKEN = 16
 
 
 def _port(raw: str, source: str) -> int:
@@ -74,6 +88,36 @@ def _grace(raw: str) -> float:
             source="environment",
         )
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A timeout in seconds from ``env[name]`` (more than 0, at most an hour), else ``default``."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds above 0 and at most 3600, got '{raw}'",
+            source="environment",
+            hint=f"Leave it unset for {default:g} s.",
+        )
+    return value
+
+
+def metrics_token_from_env(env: Mapping[str, str]) -> str | None:
+    """``BOT_METRICS_TOKEN`` (16+ characters), or None when ``/metrics`` stays open."""
+    token = (env.get("BOT_METRICS_TOKEN") or "").strip()
+    if token and len(token) < MIN_METRICS_TOKEN:
+        raise ConfigurationError(
+            f"BOT_METRICS_TOKEN must have at least {MIN_METRICS_TOKEN} characters",
+            source="environment",
+            hint="Use a long random value, e.g. `openssl rand -hex 24`, or leave it unset.",
+        )
+    return token or None
 
 
 def slack_body_limit_from_env(env: Mapping[str, str] | None = None) -> int:
@@ -113,12 +157,20 @@ class ServerSettings:
     shutdown_grace: float = DEFAULT_GRACE
     #: Bytes a request body to ``/slack/events`` may have; larger ones are answered 413 unread.
     max_slack_body: int = DEFAULT_SLACK_BODY_LIMIT
+    #: Seconds for a request head, for its body, and between two requests (``bot.timeouts``).
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: The bearer token ``/metrics`` asks for (None: it answers anyone). Never in a repr.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, *, host: str | None = None, port: str | int | None = None
     ) -> ServerSettings:
-        """Read ``BOT_HOST``, ``BOT_PORT``, ``BOT_DATA_DIR``, ``BOT_SHUTDOWN_GRACE``, ``BOT_MAX_SLACK_BODY_BYTES``.
+        """Read ``BOT_HOST``, ``BOT_PORT``, ``BOT_DATA_DIR``, ``BOT_SHUTDOWN_GRACE``,
+        ``BOT_MAX_SLACK_BODY_BYTES``, ``BOT_HEADER_TIMEOUT``, ``BOT_BODY_TIMEOUT``,
+        ``BOT_IDLE_TIMEOUT`` and ``BOT_METRICS_TOKEN``.
 
         The ``--host`` and ``--port`` flags win over the environment.
         """
@@ -135,6 +187,10 @@ class ServerSettings:
             data_dir=data_dir,
             shutdown_grace=shutdown_grace_from_env(env),
             max_slack_body=slack_body_limit_from_env(env),
+            header_timeout=_seconds(env, "BOT_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+            body_timeout=_seconds(env, "BOT_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
+            idle_timeout=_seconds(env, "BOT_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT),
+            metrics_token=metrics_token_from_env(env),
         )
 
     def ensure_data_dir(self) -> Path:
@@ -167,7 +223,12 @@ def apply_data_dir(config: AppConfig, data_dir: Path, env: Mapping[str, str]) ->
     write the one ledger of the deployment, whatever folder they run in.
     """
     if env.get("BOT_DATABASE_URL") or config.database.url != DatabaseConfig().url:
-        return config
+        if config.database.journal_path is not None or config.database.url.startswith("sqlite"):
+            return config  # a SQLite ledger keeps its journal beside its file
+        # PostgreSQL: records it cannot take wait in this replica's data folder.
+        journal = str((data_dir / "ledger.unrecorded.jsonl").resolve())
+        database = config.database.model_copy(update={"journal_path": journal})
+        return config.model_copy(update={"database": database})
     path = (data_dir / "bot.db").resolve()
     database = config.database.model_copy(update={"url": f"sqlite+aiosqlite:///{path}"})
     return config.model_copy(update={"database": database})
@@ -206,7 +267,11 @@ def startup_summary(settings: ServerSettings, config: AppConfig, gateway: Gatewa
     url, backend = normalise_url(config.database.url)
     db = f"sqlite {url.database}" if backend == "sqlite" else f"postgresql {url.host}/{url.database}"
     keyed = [p.provider_name for p in gateway.sessions.router.providers.values() if p.has_key]
-    parts = [f"bot serve listening on http://{settings.host}:{settings.port}", "/healthz /readyz /metrics on"]
+    metrics = "/metrics behind BOT_METRICS_TOKEN" if settings.metrics_token else "/metrics open"
+    parts = [
+        f"bot serve listening on http://{settings.host}:{settings.port}",
+        f"/healthz /readyz on, {metrics}",
+    ]
     if slack is None:
         parts.append("Slack off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET for /slack/events)")
     elif slack.app_token:

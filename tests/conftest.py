@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -75,3 +76,46 @@ async def factory(fake_env: dict[str, str]) -> AsyncIterator[SessionFactory]:
 def pytest_report_header() -> str:
     dsn = os.environ.get("BOT_TEST_POSTGRES_DSN")
     return f"postgres: {'enabled' if dsn else 'skipped (set BOT_TEST_POSTGRES_DSN)'}"
+
+
+#: Set by ``pytest_configure`` to the PostgreSQL database this run made for itself.
+_RUN_DATABASE = "_BOT_TEST_RUN_DATABASE"
+
+
+async def _admin(dsn: str, statement: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(dsn.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _database_of_this_run() -> str | None:
+    """Give this run a PostgreSQL database of its own, so that two runs at once (two developers,
+    or a developer and CI, on one server) never drop each other's tables; return the DSN it was
+    given. Done on import, before any test module reads BOT_TEST_POSTGRES_DSN (conftests are
+    imported from the top down); the servers the tests start inherit the environment."""
+    dsn = os.environ.get("BOT_TEST_POSTGRES_DSN")
+    if not dsn or os.environ.get(_RUN_DATABASE):
+        return None
+    base, _, _ = dsn.rpartition("/")
+    name = f"bot_test_{os.getpid()}"
+    asyncio.run(_admin(dsn, f'DROP DATABASE IF EXISTS "{name}"'))
+    asyncio.run(_admin(dsn, f'CREATE DATABASE "{name}"'))
+    os.environ[_RUN_DATABASE] = name
+    os.environ["BOT_TEST_POSTGRES_DSN"] = f"{base}/{name}"
+    return dsn
+
+
+_GIVEN_DSN = _database_of_this_run()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop the run's own PostgreSQL database."""
+    dsn, name = _GIVEN_DSN, os.environ.pop(_RUN_DATABASE, None)
+    if dsn is None or name is None:
+        return
+    os.environ["BOT_TEST_POSTGRES_DSN"] = dsn
+    asyncio.run(_admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -23,7 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bot.core.config import McpConfig
 from bot.core.errors import ConfigurationError
 from bot.core.gateway import Gateway
-from bot.logging_setup import REFUSAL_SCOPE_KEY
+from bot.logging_setup import REFUSAL_SCOPE_KEY, hide_mcp_session_ids
+from tools.mcp_sessions import ClientSessions, authenticated_user
 from tools.mcp_tools import CLIENT_SCOPE_KEY, build_mcp_server
 
 __all__ = ["MCP_BODY_LIMIT", "BearerAuth", "mcp_http_app", "run_http", "run_stdio", "transport_security"]
@@ -50,12 +50,14 @@ class BearerAuth:
 
     The client name is stored in the ASGI scope under ``CLIENT_SCOPE_KEY``, where the MCP
     server's middleware reads it for each request (the MCP session runs in another task, so a
-    context variable set here would not reach the tools).
+    context variable set here would not reach the tools), and as ``scope["user"]``, which binds
+    every session to the client that opened it (``tools.mcp_sessions``).
     """
 
     def __init__(self, app: ASGIApp, clients: dict[str, bytes]) -> None:
         self.app = app
         self._clients = clients
+        self._users = {name: authenticated_user(name) for name in clients}
 
     def _client_for(self, token: bytes) -> str | None:
         found: str | None = None
@@ -77,7 +79,9 @@ class BearerAuth:
             scope[REFUSAL_SCOPE_KEY] = "no bearer token" if not header else "unknown bearer token"
             await _unauthorized(send, missing=not header)
             return
-        await self.app({**scope, CLIENT_SCOPE_KEY: client}, receive, send)
+        # In place, so what the layers below leave in the scope (a refusal's reason) is logged.
+        scope[CLIENT_SCOPE_KEY], scope["user"] = client, self._users[client]
+        await self.app(scope, receive, send)
 
 
 async def _unauthorized(send: Send, *, missing: bool) -> None:
@@ -127,7 +131,9 @@ def mcp_http_app(gateway: Gateway, config: McpConfig | None = None) -> Starlette
     """A Starlette app serving the MCP tools at ``/mcp`` (Streamable HTTP, SSE responses).
 
     The app's lifespan runs the MCP session manager. To mount it inside another app (``bot
-    serve``), enter ``app.state.mcp_server.session_manager.run()`` in the parent's lifespan.
+    serve``), enter ``app.state.mcp_sessions.run()`` in the parent's lifespan. Sessions are bound
+    to their client, at most ``config.max_sessions_per_client`` per client, and closed after
+    ``config.session_idle_seconds`` idle (``tools.mcp_sessions``).
 
     Raises ``ConfigurationError`` when ``config.clients`` is empty: HTTP is never anonymous.
     """
@@ -140,24 +146,27 @@ def mcp_http_app(gateway: Gateway, config: McpConfig | None = None) -> Starlette
             "{token: ${MCP_TOKEN}}}}, or use stdio (`bot mcp` without --http).",
         )
     server: MCPServer = build_mcp_server(gateway, config, http=True)
-    # Called for its side effect: it creates the session manager with our settings. json_response
-    # stays False so progress notifications can ride the SSE stream of each call.
-    server.streamable_http_app(
-        streamable_http_path=MCP_PATH,
+    hide_mcp_session_ids()  # the SDK logs them at INFO; a session id is a bearer of the session
+    # json_response stays False so progress notifications can ride the SSE stream of each call.
+    sessions = ClientSessions(
+        server._lowlevel_server,
+        max_per_client=config.max_sessions_per_client,
+        session_idle_timeout=config.session_idle_seconds,
         json_response=False,
-        transport_security=transport_security(config),
+        security_settings=transport_security(config),
         max_request_body_size=MCP_BODY_LIMIT,
     )
     tokens = {name: client.token.get_secret_value().encode() for name, client in config.clients.items()}
-    endpoint = BearerAuth(StreamableHTTPASGIApp(server.session_manager), tokens)
+    endpoint = BearerAuth(sessions.handle_request, tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with server.session_manager.run():
+        async with sessions.run():
             yield
 
     app = Starlette(routes=[Route(MCP_PATH, endpoint=endpoint)], lifespan=lifespan)
     app.state.mcp_server = server
+    app.state.mcp_sessions = sessions
     return app
 
 

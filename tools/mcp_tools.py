@@ -19,7 +19,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from bot.core.config import McpConfig
-from bot.core.errors import BotError
+from bot.core.errors import USER_ERRORS
 from bot.core.gateway import Gateway, tightest
 from bot.core.ledger import BudgetStatus
 from bot.core.types import ChatResult, Principal
@@ -312,7 +312,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
                 on_text=on_text,
             )
             budgets = await _budgets(gateway, principal)
-        except BotError as err:
+        except USER_ERRORS as err:
             raise ToolError(str(err)) from err
         return _generate_result(result, budgets)
 
@@ -327,7 +327,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
         principal = _principal()
         try:
             budgets = await _budgets(gateway, principal)
-        except BotError as err:
+        except USER_ERRORS as err:
             raise ToolError(str(err)) from err
         return BudgetStatusResult(
             client=principal.client_id or "",
@@ -346,7 +346,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
         _principal()  # the price list is not secret, but HTTP callers must still authenticate
         try:
             rows = await gateway.list_models(provider)
-        except BotError as err:
+        except USER_ERRORS as err:
             raise ToolError(str(err)) from err
         return ModelListResult(
             models=[
@@ -378,7 +378,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
         principal = Principal(surface="mcp", client_id=client)
         try:
             budgets = await _budgets(gateway, principal)
-        except BotError as err:
+        except USER_ERRORS as err:
             raise ResourceError(str(err)) from err
         result = BudgetStatusResult(
             client=client, budgets=budgets.entries, remaining_budget_usd=budgets.remaining_usd

@@ -92,7 +92,14 @@ class LedgerPort(Protocol):
     """What a session needs from the persistent ledger (``bot.core.ledger.Ledger``)."""
 
     async def reserve(
-        self, principal: Principal, amount: Decimal, *, request_id: str, model: str, provider: str
+        self,
+        principal: Principal,
+        amount: Decimal,
+        *,
+        request_id: str,
+        model: str,
+        provider: str,
+        input_tokens: int = 0,
     ) -> Any:
         """Hold ``amount`` on every applicable budget, or raise ``BudgetExceededError``."""
 
@@ -236,6 +243,7 @@ class Accountant:
                 request_id=ctx.request_id,
                 model=ctx.model,
                 provider=ctx.provider,
+                input_tokens=ctx.input_tokens,
             )
         except BaseException as err:
             if figures is not None:

@@ -151,6 +151,10 @@ class DatabaseConfig(_Strict):
     #: commit waits for its fsync (docs/benchmarks.md has the cost; two writes per call).
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     sqlite_sync_interval_ms: int = Field(default=100, gt=0, le=60_000)
+    #: Where a call's record goes when the database cannot take it after every retry, until the
+    #: next start (or housekeeping) writes it (``bot.core.ledger.journal``). Default: beside a
+    #: SQLite file (``bot.db.unrecorded.jsonl``); for PostgreSQL, ``bot`` puts it in the data folder.
+    journal_path: str | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -182,6 +186,12 @@ class McpConfig(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     #: Extra Origin header values allowed besides localhost.
     allowed_origins: list[str] = Field(default_factory=list)
+    #: HTTP sessions one client may have open at once; its next one is refused (429) until it
+    #: closes one or one expires, while other clients are still served.
+    max_sessions_per_client: int = Field(default=32, ge=1, le=10_000)
+    #: Seconds an HTTP session may sit idle (no request in flight, no open stream) before it is
+    #: closed; the client then opens a new one (its next request is answered 404, as MCP says).
+    session_idle_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class JobsConfig(_Strict):

@@ -1,6 +1,7 @@
 """The one error hierarchy of the gateway.
 
-Every error a user can see is a ``BotError``: it carries a message that says what went wrong
+Every error a user can see is a ``BotError`` (or, for a database outage, ``LedgerUnavailable``,
+which looks the same to a user): it carries a message that says what went wrong
 *and how to fix it*, plus a ``context`` dict for logs and structured answers. Provider SDK errors
 are converted to these at exactly one boundary (``bot.core.providers.errors``). A
 ``ProviderError``'s message and hint go through ``bot.core.redaction.redact``, since they may
@@ -19,6 +20,9 @@ quote what an upstream answered, and an upstream may echo the API key it was sen
         ├── RateLimitError        429 / overloaded, with ``retry_after``
         ├── ModelNotFoundError    unknown model, with close-match suggestions
         └── TokenLimitError       the prompt does not fit the model's context window
+
+    LedgerUnavailable             the ledger's database cannot be reached; nothing was called
+                                  (not a BotError, see its docstring; ``USER_ERRORS`` has both)
 """
 
 from __future__ import annotations
@@ -29,15 +33,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from bot.core.money_text import usd
 from bot.core.redaction import redact
 
 __all__ = [
+    "LEDGER_UNAVAILABLE",
+    "USER_ERRORS",
     "APIKeyMissingError",
     "AddonError",
     "BotError",
     "BudgetExceededError",
     "ConfigurationError",
     "DuplicateRequestError",
+    "LedgerUnavailable",
     "ModelNotFoundError",
     "PricingError",
     "ProviderConnectionError",
@@ -143,8 +151,8 @@ class BudgetExceededError(BotError):
         self.resets_at = resets_at
         reset = f" It resets at {resets_at.isoformat(timespec='minutes')}." if resets_at else ""
         super().__init__(
-            f"budget '{budget}' would be exceeded: this call may cost up to ${requested:.6f} "
-            f"but only ${self.remaining:.6f} of ${limit:.2f} is left.{reset}",
+            f"budget '{budget}' would be exceeded: this call may cost up to {usd(requested)} "
+            f"but only {usd(self.remaining)} of {usd(limit)} is left.{reset}",
             hint="Lower max_tokens, shorten the prompt, pick a cheaper model, or ask an admin to raise it.",
             budget=budget,
             limit=limit,
@@ -167,6 +175,47 @@ class DuplicateRequestError(BotError):
             hint="Nothing to do: the first copy of this request is answered.",
             request_id=request_id,
         )
+
+
+#: What every face tells a user while the ledger's database cannot be reached.
+LEDGER_UNAVAILABLE = "the budget ledger is unreachable; no call was made; try again in a moment"
+
+
+class LedgerUnavailable(Exception):
+    """The ledger's database cannot be reached (refused, down, unopenable, locked past its wait).
+
+    Raised where the database drivers fail (``bot.core.ledger.outage``). The gateway fails
+    closed: a call it cannot reserve for is never made, and the user is told exactly that.
+    ``cause`` names the driver's failure for operators (logs, ``/readyz``), never for users.
+
+    It has a ``BotError``'s face (``code``, ``message``, ``hint``, ``to_dict``; ``str()`` is safe
+    to show) but is deliberately *not* one: inside the core a ``BotError`` means "refused, do not
+    retry", while this is a database failure that the ledger's writes retry, then journal, like
+    any other. The faces show both alike: catch ``USER_ERRORS``.
+    """
+
+    code = "ledger_unavailable"
+
+    def __init__(self, cause: str) -> None:
+        self.cause = cause
+        self.message = LEDGER_UNAVAILABLE + "."
+        self.hint = (
+            "If it lasts, tell the gateway's operator: its ledger database (BOT_DATABASE_URL) "
+            "does not answer, and its /readyz says why."
+        )
+        self.context: dict[str, Any] = {"cause": cause}
+        super().__init__(f"{self.message} {self.hint}")
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-friendly description (code, message, hint, context), as ``BotError`` does."""
+        return {"code": self.code, "message": self.message, "hint": self.hint, "context": dict(self.context)}
+
+
+#: Every error whose ``str()`` a face shows the user as it is (a message naming the fix).
+USER_ERRORS: tuple[type[Exception], ...] = (BotError, LedgerUnavailable)
 
 
 class ProviderError(BotError):

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from bot.core.accounting import Accountant, CallContext, CallObserver, LedgerPort, SessionFigures
 from bot.core.config import SessionDefaults
 from bot.core.errors import AddonError, ProviderError, TokenLimitError, ValidationError
+from bot.core.margins import InputMargins
 from bot.core.pending import PendingWrites
 from bot.core.providers import ChatRequest, OnText, Provider, ProviderRouter
 from bot.core.types import CallRecord, ChatResult, Message, Principal, Usage, new_request_id
@@ -71,6 +72,7 @@ class CallPipeline:
         self.pending = pending
         self._router = router
         self._accounts = Accountant(ledger, observers, pending)
+        self._margins = InputMargins()
 
     async def run(
         self,
@@ -110,7 +112,8 @@ class CallPipeline:
                 tokens=counted.tokens + max_tokens,
                 limit=info.context_window,
             )
-        worst = provider.estimate_cost(model, counted.tokens, max_tokens)
+        hold_input = self._margins.to_hold(provider.provider_name, model, counted)
+        worst = provider.estimate_cost(model, hold_input, max_tokens)
         caller_key = request_id is not None
         request_id = request_id or new_request_id()
         if dry_run:
@@ -194,6 +197,8 @@ class CallPipeline:
         latency = (time.perf_counter() - started) * 1000
         usage, estimated = self._accounts.usage_of(provider, reply, ctx, exact_input)
         cost = provider.calculate_cost(ctx.model, usage)
+        if not estimated:
+            self._margins.observe(ctx.provider, ctx.model, ctx.input_tokens, usage.input_tokens)
         record = CallRecord(
             ctx.request_id, ctx.principal, ctx.provider, ctx.model, "ok", usage, cost, latency, estimated
         )

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 Surface = Literal["slack", "mcp", "cli", "api"]
-Outcome = Literal["ok", "refused", "error", "cancelled"]
+Outcome = Literal["ok", "refused", "error", "cancelled", "interrupted"]
 Role = Literal["system", "user", "assistant"]
 
 

@@ -57,6 +57,13 @@ def _headline(alert: Alert) -> str:
         return f"Budget '{who}' is on track to pass its {alert.period} limit"
     if alert.kind == "reset":
         return f"Budget '{who}' has reset: a new {alert.period} period has started"
+    if alert.kind == "exhausted":
+        return f"Budget '{who}' is exhausted: it refuses calls now, as too little of its {alert.period} limit is left"
+    if alert.kind == "overspent":
+        return (
+            f"Budget '{who}' is overspent: the provider billed more than the calls' holds, so its"
+            f" {alert.period} spend passed the limit; calls are refused until it resets"
+        )
     if alert.threshold >= 1.0:
         return f"Budget '{who}' is exhausted: calls are refused until it resets"
     return f"Budget '{who}' has reached {alert.threshold:.0%} of its {alert.period} limit"
@@ -79,9 +86,12 @@ def alert_text(alert: Alert, tz: ZoneInfo) -> str:
 
 def alert_blocks(alert: Alert, tz: ZoneInfo) -> list[Block]:
     """Block Kit for an alert: headline, figures, a progress bar and when the budget resets."""
-    icon = {"forecast": ":chart_with_upwards_trend:", "reset": ":arrows_counterclockwise:"}.get(
-        alert.kind, ":red_circle:" if alert.threshold >= 1.0 else ":warning:"
-    )
+    icon = {
+        "forecast": ":chart_with_upwards_trend:",
+        "reset": ":arrows_counterclockwise:",
+        "overspent": ":rotating_light:",
+        "exhausted": ":no_entry:",
+    }.get(alert.kind, ":red_circle:" if alert.threshold >= 1.0 else ":warning:")
     start = "-" if alert.period_start is None else alert.period_start.astimezone(tz).strftime("%Y-%m-%d")
     fields = [
         f"*Spent*\n{usd(alert.spent)}",

@@ -26,7 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.config import AppConfig
-from bot.core.errors import ConfigurationError
+from bot.core.errors import ConfigurationError, LedgerUnavailable
 from bot.core.gateway import Gateway
 from bot.core.ledger import Ledger
 from bot.jobs.delivery import AlertDelivery, AlertPushObserver
@@ -153,11 +153,16 @@ class JobRunner:
             swept, pruned = await self._ledger.housekeeping()
             if swept or pruned:
                 log.info(
-                    "ledger housekeeping: %d expired holds freed, %d old request keys pruned", swept, pruned
+                    "ledger housekeeping: %d expired holds written down as interrupted calls,"
+                    " %d old request keys pruned",
+                    swept,
+                    pruned,
                 )
             sent = await self.deliver_alerts_once()
             if sent:
                 log.info("delivered %d budget alerts", sent)
+        except LedgerUnavailable as exc:  # an outage, not a bug: one line, /readyz says the rest
+            log.warning("alert delivery job skipped: %s", exc.cause)
         except Exception:  # the next interval retries; the scheduler must keep running
             log.exception("alert delivery job failed")
 

@@ -19,7 +19,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core.errors import BotError, DuplicateRequestError
+from bot.core.errors import USER_ERRORS, DuplicateRequestError
 from bot.core.gateway import Gateway
 from bot.core.types import Principal
 from bot.slack.blocks import budget_blocks, models_blocks, team_blocks
@@ -132,7 +132,7 @@ class SlackCommands:
         except DuplicateRequestError:  # a retry that reached this replica: the first copy answers
             log.info("ignoring a retry of %s already run elsewhere", key)
             return
-        except BotError as err:
+        except USER_ERRORS as err:
             await stream.abandon("stopped: the reason was sent to you")
             await out.ephemeral(f":warning: {err}")
             return
@@ -179,7 +179,7 @@ class SlackCommands:
                 statuses = await self.gateway.budget_status(principal_of(command))
                 blocks = budget_blocks(statuses)
                 await ack(text="Your budgets", blocks=blocks, response_type="ephemeral")
-        except BotError as err:
+        except USER_ERRORS as err:
             await ack(text=f":warning: {err}", response_type="ephemeral")
 
     async def _budget_team(self, ack: AsyncAck) -> None:
@@ -224,7 +224,7 @@ class SlackCommands:
         provider = command.get("text", "").strip() or None
         try:
             models = await self.gateway.list_models(provider)
-        except BotError as err:
+        except USER_ERRORS as err:
             await ack(text=f":warning: {err}", response_type="ephemeral")
             return
         await ack(text="Models and prices", blocks=models_blocks(models), response_type="ephemeral")

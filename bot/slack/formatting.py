@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from bot.core import money_text
 from bot.core.types import ChatResult
 
 __all__ = ["FENCE", "footer", "progress_bar", "split_message", "to_mrkdwn", "usd"]
@@ -107,14 +108,8 @@ def split_message(text: str, limit: int = 3500) -> list[str]:
 
 
 def usd(amount: Decimal | str) -> str:
-    """Dollars with cents, and down to a millionth of a dollar when the amount is small."""
-    value = Decimal(amount)
-    if value == 0:
-        return "$0.00"
-    if abs(value) >= 1:
-        return f"${value:,.2f}"
-    text = f"{value:.6f}".rstrip("0")
-    return "$" + (text if len(text.split(".")[1]) >= 2 else f"{value:.2f}")
+    """Money as every face shows it (``bot.core.money_text.usd``)."""
+    return money_text.usd(amount)
 
 
 def progress_bar(fraction: float, width: int = 10) -> str:

@@ -253,17 +253,27 @@ async def test_stream_cut_after_text_is_not_retried_and_charged_what_was_used(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_plain_response_cut_mid_body_is_retried_and_costs_nothing(
+async def test_plain_200_cut_mid_body_is_not_retried_and_charged_the_worst_case(
     make: Callable[..., Awaitable[Harness]], provider: str
 ) -> None:
+    """The provider answered 200 and did the work, then the body broke off: it billed the call.
+    Retrying would be billed again (three attempts, three bills, $0 recorded, before): one
+    attempt, charged its hold, flagged estimated."""
     h = await make()
+    dry = await h.gateway.generate(
+        ALICE, "Tell me about faults", model=MODELS[provider], max_tokens=40, dry_run=True
+    )
     h.fake.inject("drop_mid_stream", times=10, path=PATHS[provider])
-    with pytest.raises(ProviderConnectionError, match=f"could not reach {provider}"):
+    with pytest.raises(ProviderError, match=f"{provider}'s reply was cut off") as caught:
         await h.call(provider, stream=False)
-    assert h.attempts(provider) == MAX_RETRIES + 1
+    assert "charged at its worst case" in (caught.value.hint or "")
+    assert h.attempts(provider) == 1
     (row,) = h.rows()
-    assert (row.outcome, row.error_code, row.cost_usd) == ("error", "connection", ZERO)
-    assert await h.budget() == (ZERO, ZERO)
+    assert (row.outcome, row.error_code, row.cost_usd, row.cost_estimated) == (
+        "error", "provider", dry.cost_usd, True,
+    )  # fmt: skip
+    assert dry.cost_usd > 0
+    assert await h.budget() == (dry.cost_usd, ZERO)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

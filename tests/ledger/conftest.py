@@ -148,12 +148,14 @@ async def open_ledger(ledger_driver: LedgerDriver) -> AsyncIterator[OpenLedger]:
         clock: Callable[[], datetime] | None = None,
         timezone: str = "UTC",
         ttl: int = 600,
+        journal_path: str | None = None,
     ) -> Ledger:
         config = DatabaseConfig(
             url=ledger_driver.url,
             timezone=timezone,
             reservation_ttl_seconds=ttl,
             sqlite_synchronous=ledger_driver.synchronous,
+            journal_path=journal_path,
         )
         ledger = await Ledger.open(config, budgets, clock=clock)
         opened.append(ledger)

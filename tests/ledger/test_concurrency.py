@@ -148,13 +148,29 @@ async def test_sigkill_mid_calls_loses_nothing_and_holds_expire(
     assert (await ledger.totals()).cost_usd == status.spent
     # The dead process's holds (at least the $1 call in flight) still count until they expire...
     assert status.reserved >= 1
+    held = await fetch(ledger, "SELECT request_id, amount_nano_usd FROM holds ORDER BY request_id")
     everything_left = status.limit - status.spent
     with pytest.raises(BudgetExceededError):
         await ledger.reserve(USERS[0], everything_left, request_id="after", model="m", provider="p")
-    # ...and once the clock passes their expiry they no longer block: reserve sweeps them.
+    # ...and once the clock passes their expiry, the sweep (run by that reserve's refusal) turns
+    # each into an interrupted call charged its hold: it may have been billed.
     clock.advance(seconds=ttl + 1)
-    hold = await ledger.reserve(USERS[0], everything_left, request_id="after", model="m", provider="p")
+    with pytest.raises(BudgetExceededError):
+        await ledger.reserve(USERS[0], everything_left, request_id="after", model="m", provider="p")
+    interrupted = await fetch(
+        ledger,
+        "SELECT request_id, cost_nano_usd, cost_estimated, surface, model, error_code FROM calls"
+        " WHERE outcome = 'interrupted' ORDER BY request_id",
+    )
+    assert [(r[0], r[1]) for r in interrupted] == [tuple(h) for h in held]
+    assert all(
+        r[2] and r[3] == "slack" and r[4] == "gpt-test" and r[5] == "process_died" for r in interrupted
+    )
     (status,) = await ledger.status_all()
-    assert (status.reserved, status.remaining) == (everything_left, Decimal(0))
+    everything = await fetch(ledger, "SELECT SUM(cost_nano_usd) FROM calls")
+    assert status.reserved == 0 and status.spent * 10**9 == everything[0][0]
+    hold = await ledger.reserve(USERS[0], status.remaining, request_id="after", model="m", provider="p")
+    (status,) = await ledger.status_all()
+    assert status.remaining == Decimal(0)
     assert [r.id for r in await fetch(ledger, "SELECT id FROM holds")] == [hold.id]
     assert hold.expires_at == clock.now + timedelta(seconds=ttl)

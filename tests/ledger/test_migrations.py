@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +14,8 @@ from bot.core.config import DatabaseConfig
 from bot.core.errors import ConfigurationError
 from bot.core.ledger import Ledger, migrations
 from bot.core.ledger.migrations import MIGRATIONS
-from bot.core.ledger.schema import metadata
+from bot.core.ledger.models import Hold
+from bot.core.ledger.schema import UTCDateTime, metadata
 
 from .conftest import BOB, FakeClock, OpenLedger, budget, fetch, record
 
@@ -115,7 +116,34 @@ async def test_migrated_schema_matches_schema_py(open_ledger: OpenLedger, tmp_pa
     assert_slim_holds(migrated, ledger.backend)
 
 
-async def test_m004_keeps_holds_in_flight_on_a_version_3_database(
+async def hold_as_version_3_did(
+    ledger: Ledger, request_id: str, amount: str, now: datetime, ttl: int
+) -> None:
+    """Reserve as the code of schema version 3 did (no ``call_identity``), on a version-3 database."""
+    targets = ledger._targets(BOB, "m", "p", now)
+    row_ids = list(await ledger._period_rows(targets, now))
+    hold_id, nanos = f"h-{request_id}", int(Decimal(amount) * 10**9)
+    when = [sa.bindparam("c", type_=UTCDateTime()), sa.bindparam("e", type_=UTCDateTime())]
+    async with ledger._db.write() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO holds (id, request_id, amount_nano_usd, created_at, expires_at)"
+                " VALUES (:i, :r, :a, :c, :e)"
+            ).bindparams(*when),
+            {"i": hold_id, "r": request_id, "a": nanos, "c": now, "e": now + timedelta(seconds=ttl)},
+        )
+        for row_id in row_ids:
+            await conn.execute(
+                sa.text("INSERT INTO hold_items (hold_id, budget_period_id) VALUES (:h, :b)"),
+                {"h": hold_id, "b": row_id},
+            )
+            await conn.execute(
+                sa.text("UPDATE budget_periods SET reserved_nano_usd = reserved_nano_usd + :a WHERE id = :b"),
+                {"a": nanos, "b": row_id},
+            )
+
+
+async def test_m004_and_m005_keep_holds_in_flight_on_a_version_3_database(
     open_ledger: OpenLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock(NOW)
@@ -123,28 +151,53 @@ async def test_m004_keeps_holds_in_flight_on_a_version_3_database(
     with monkeypatch.context() as patch:
         patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
         old = await open_ledger(budgets, clock=clock, ttl=60)
-        await old.reserve(BOB, Decimal("0.20"), request_id="stale", model="m", provider="p")
+        await hold_as_version_3_did(old, "stale", "0.20", clock.now, 60)
         clock.advance(seconds=30)
-        live = await old.reserve(BOB, Decimal("0.30"), request_id="live", model="m", provider="p")
-        holds_before = await fetch(old, "SELECT * FROM holds ORDER BY id")
+        await hold_as_version_3_did(old, "live", "0.30", clock.now, 60)
+        old_call = record("before", "0.01", principal=BOB)
+        await old.record(old_call)
+        holds_before = await fetch(
+            old, "SELECT id, request_id, amount_nano_usd, created_at, expires_at FROM holds ORDER BY id"
+        )
         items_before = await fetch(old, "SELECT * FROM hold_items ORDER BY hold_id, budget_period_id")
+        calls_before = await fetch(old, "SELECT * FROM calls")
         assert [v for v, *_ in await fetch(old, "SELECT version FROM schema_migrations")] == [1, 2, 3]
         await old.close()
-    assert len(holds_before) == 2 and len(items_before) == 4
+    assert len(holds_before) == 2 and len(items_before) == 4 and len(calls_before) == 1
 
     ledger = await open_ledger(budgets, clock=clock, ttl=60)
-    assert await fetch(ledger, "SELECT * FROM holds ORDER BY id") == holds_before
+    holds_after = await fetch(
+        ledger,
+        "SELECT id, request_id, amount_nano_usd, created_at, expires_at, call_identity FROM holds ORDER BY id",
+    )
+    assert [tuple(h[:5]) for h in holds_after] == [tuple(h) for h in holds_before]
+    assert all(h[5] is None for h in holds_after)
     assert await fetch(ledger, "SELECT * FROM hold_items ORDER BY hold_id, budget_period_id") == items_before
+    assert await fetch(ledger, "SELECT * FROM calls") == calls_before  # m005 rebuilt calls on SQLite
     async with ledger._db.read() as conn:
         assert_slim_holds(await conn.run_sync(shape), ledger.backend)
 
-    # The holds work as before: the sweeper frees the expired one only, a settle charges the real cost.
+    # The holds work as before: the sweeper takes the expired one only (a caller unknown to a
+    # version-3 hold, still written down and charged), a settle charges the real cost.
     clock.advance(seconds=31)  # past the stale hold's expiry only
     assert await ledger.sweep_expired() == 1
     assert [tuple(r) for r in await fetch(ledger, "SELECT request_id FROM holds")] == [("live",)]
+    (stale,) = await fetch(
+        ledger, "SELECT surface, cost_nano_usd, outcome FROM calls WHERE request_id = 'stale'"
+    )
+    assert tuple(stale) == ("unknown", 200_000_000, "interrupted")
+    live = Hold(
+        "h-live",
+        "live",
+        Decimal("0.30"),
+        NOW,
+        NOW,
+        tuple(r for (r,) in await fetch(ledger, "SELECT budget_period_id FROM hold_items")),
+    )
     await ledger.settle(live, record(live, "0.25", principal=BOB))
     status = {s.name: (s.spent, s.reserved) for s in await ledger.status(BOB)}
-    assert status == {"global": (Decimal("0.25"), Decimal(0)), "u": (Decimal("0.25"), Decimal(0))}
+    # 0.01 recorded before, 0.20 interrupted, 0.25 settled: spent; nothing held any more.
+    assert status == {"global": (Decimal("0.46"), Decimal(0)), "u": (Decimal("0.46"), Decimal(0))}
     assert await fetch(ledger, "SELECT * FROM holds") == []
     assert await fetch(ledger, "SELECT * FROM hold_items") == []
     # request_id is still unique: a second hold for the same request is refused.

@@ -82,7 +82,10 @@ def test_alerts_are_every_threshold_reached_at_its_exact_value(
         return
     # Exact decimal comparison: 80% of $1 is reached at 800,000,000 nanos, not a float's idea of it.
     reached = [t for t in thresholds if spent * 100 >= round(t * 100) * limit]
-    assert [c.threshold for c in crossings] == reached
+    # Past the limit, whatever the thresholds: the overspent alert, once.
+    overspent = [money.OVERSPENT_THRESHOLD] if spent > limit else []
+    assert [c.threshold for c in crossings] == reached + overspent
+    assert [c.kind for c in crossings] == ["threshold"] * len(reached) + ["overspent"] * len(overspent)
     assert all(c.fraction == spent / limit for c in crossings)
 
 

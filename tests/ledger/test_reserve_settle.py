@@ -10,10 +10,20 @@ import pytest
 
 from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
 from bot.core.ledger import Hold, Ledger
-from bot.core.ledger import ledger as ledger_module
+from bot.core.ledger import upkeep as ledger_module
 from bot.core.types import Principal
 
-from .conftest import ALICE, BOB, FakeClock, OpenLedger, budget, check_invariants, fetch, record
+from .conftest import (
+    ALICE,
+    BOB,
+    FakeClock,
+    OpenLedger,
+    budget,
+    check_invariants,
+    fetch,
+    record,
+    undelivered_alerts,
+)
 
 NOW = datetime(2025, 6, 11, 15, 30, tzinfo=UTC)
 ZERO = Decimal(0)
@@ -151,25 +161,45 @@ async def test_duplicate_request_and_mismatched_record(open_ledger: OpenLedger) 
     assert await spent(ledger, "global") == (ZERO, Decimal("0.1"))
 
 
-async def test_expired_holds_are_swept_and_late_settles_still_charge(open_ledger: OpenLedger) -> None:
+async def test_expired_holds_become_interrupted_calls_and_late_settles_correct_them(
+    open_ledger: OpenLedger,
+) -> None:
     clock = FakeClock(NOW)
     ledger = await open_ledger([budget("global", "1.00")], clock=clock, ttl=60)
-    stale = await reserve(ledger, "0.70", "crashed")
+    await reserve(ledger, "0.70", "crashed")
     late = await reserve(ledger, "0.20", "slow")
-    assert stale.expires_at == datetime(2025, 6, 11, 15, 31, tzinfo=UTC)
+    assert late.expires_at == datetime(2025, 6, 11, 15, 31, tzinfo=UTC)
     assert await ledger.sweep_expired() == 0
     with pytest.raises(BudgetExceededError):
         await reserve(ledger, "0.5", "blocked")
     clock.advance(seconds=60)
-    # reserve sweeps before refusing: the crashed process's hold no longer blocks.
-    fresh = await reserve(ledger, "0.5", "after-expiry")
-    assert await spent(ledger, "global") == (ZERO, Decimal("0.5"))
+    # Expired: each hold is now a call that may have been billed, charged its hold (estimated).
+    assert await spent(ledger, "global") == (Decimal("0.9"), ZERO)  # as the sweep will leave it
+    with pytest.raises(BudgetExceededError):
+        await reserve(ledger, "0.5", "after-expiry")  # swept before refusing: still no room
+    rows = await fetch(
+        ledger, "SELECT request_id, outcome, cost_nano_usd, cost_estimated FROM calls ORDER BY request_id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("crashed", "interrupted", 700_000_000, True),
+        ("slow", "interrupted", 200_000_000, True),
+    ]
     assert await ledger.sweep_expired() == 0
-    # The slow call finishes after its hold was swept: its real cost is still charged.
+    # The slow call finishes after all (its process lived; its record was late): the real cost
+    # replaces the estimate, and the difference is given back.
     await ledger.settle(late, record(late, "0.05"))
+    assert await spent(ledger, "global") == (Decimal("0.75"), ZERO)
+    (slow,) = await fetch(
+        ledger, "SELECT outcome, cost_nano_usd, cost_estimated FROM calls WHERE request_id = 'slow'"
+    )
+    assert tuple(slow) == ("ok", 50_000_000, False)
+    # A repeated settle still charges nothing.
+    await ledger.settle(late, record(late, "0.05"))
+    assert await spent(ledger, "global") == (Decimal("0.75"), ZERO)
+    fresh = await reserve(ledger, "0.25", "fits")
     await ledger.release(fresh)
-    assert await spent(ledger, "global") == (Decimal("0.05"), ZERO)
     assert await fetch(ledger, "SELECT * FROM holds") == []
+    await check_invariants(ledger)
 
 
 async def test_sweep_returns_the_number_released(
@@ -184,7 +214,11 @@ async def test_sweep_returns_the_number_released(
     keep = await reserve(ledger, "0.1", "keep")
     clock.advance(seconds=5)
     assert await ledger.sweep_expired() == 7
-    assert await spent(ledger, "global") == (ZERO, Decimal("0.1"))
+    assert await spent(ledger, "global") == (Decimal("0.7"), Decimal("0.1"))
+    assert {s.scope_key: s.spent for s in await ledger.status_all() if s.name == "u"} == {
+        "T1:alice": Decimal("0.3"),
+        "T1:bob": Decimal("0.4"),
+    }
     await ledger.release(keep)
     assert all(s.reserved == 0 for s in await ledger.status_all())
 
@@ -252,24 +286,26 @@ async def test_settles_racing_the_sweeper_give_each_hold_back_once(open_ledger: 
     }
 
 
-async def test_expired_holds_never_count_against_room_even_in_a_burst(open_ledger: OpenLedger) -> None:
-    """$0.513 of a dead process's expired holds on a $0.60 budget: a burst of 20 calls of $0.026
-    that fit in what is really free all pass, and the status shows no expired hold as reserved."""
+async def test_expired_holds_are_never_room_nor_reservation_even_in_a_burst(open_ledger: OpenLedger) -> None:
+    """$0.513 of a dead process's expired holds on a $0.60 budget: shown at once as the spend
+    the sweep makes of them (never as held, never as free); a burst of 20 calls that fit in what
+    is left all pass, and the first that does not fit is refused."""
     clock = FakeClock(NOW)
     ledger = await open_ledger([budget("global", "0.60")], clock=clock, ttl=60)
     for i in range(9):
         await reserve(ledger, "0.057", f"dead-{i}")  # 9 x 0.057 = 0.513, never settled
     clock.advance(seconds=61)
     (status,) = await ledger.status(ALICE)
-    assert status.reserved == ZERO and status.remaining == Decimal("0.60")  # before any sweep
+    assert (status.spent, status.reserved, status.remaining) == (Decimal("0.513"), ZERO, Decimal("0.087"))
     (row,) = await ledger.status_all()
     assert row.reserved == ZERO
-    holds = await asyncio.gather(*(reserve(ledger, "0.026", f"burst-{i}") for i in range(20)))
-    assert len(holds) == 20  # 20 x 0.026 = 0.52 <= 0.60: none refused
-    (status,) = await ledger.status(ALICE)
-    assert status.reserved == Decimal("0.52")
+    holds = await asyncio.gather(*(reserve(ledger, "0.004", f"burst-{i}") for i in range(20)))
+    assert len(holds) == 20  # 20 x 0.004 = 0.08 <= 0.087: none refused
     with pytest.raises(BudgetExceededError):
-        await reserve(ledger, "0.09", "over")  # 0.52 + 0.09 > 0.60: refused, as it must be
+        await reserve(ledger, "0.01", "over")  # 0.513 + 0.08 + 0.01 > 0.60: refused, as it must be
+    (status,) = await ledger.status(ALICE)
+    assert (status.spent, status.reserved) == (Decimal("0.513"), Decimal("0.08"))
+    assert len(await fetch(ledger, "SELECT * FROM calls WHERE outcome = 'interrupted'")) == 9
     for hold in holds:
         await ledger.release(hold)
     await check_invariants(ledger)
@@ -304,9 +340,48 @@ async def test_housekeeping_frees_expired_holds_and_prunes_old_request_keys(open
     clock.advance(hours=71)
     await ledger.claim_request("slack-recent")
     assert await ledger.housekeeping() == (1, 0)  # the hold expired long ago; no key is 72 h old yet
-    assert await spent(ledger, "global") == (ZERO, ZERO)
+    assert await spent(ledger, "global") == (Decimal("0.4"), ZERO)  # an interrupted call now
     clock.advance(hours=2)
     assert await ledger.housekeeping() == (0, 1)
     await ledger.claim_request("slack-old")  # pruned: claimable again
     with pytest.raises(DuplicateRequestError):
         await ledger.claim_request("slack-recent")
+
+
+async def test_a_budget_that_starts_refusing_posts_its_exhausted_alert_once(open_ledger: OpenLedger) -> None:
+    """A channel budget refusing at 88% (the call needs more than is left) says so, once per
+    period; an admin lowering a limit to the spend says so too."""
+    clock = FakeClock(NOW)
+    ledger = await open_ledger(
+        [
+            budget("global", "100"),
+            budget("chan", "0.20", scope="channel", channel="#eng", alert_thresholds=[0.5]),
+        ],
+        clock=clock,
+    )
+    hold = await reserve(ledger, "0.176", "r1")
+    await ledger.settle(hold, record(hold, "0.176"))
+    for i in range(5):  # a burst of refusals: 0.024 left, each call needs 0.03
+        with pytest.raises(BudgetExceededError, match="chan"):
+            await reserve(ledger, "0.03", f"refused-{i}")
+    exhausted = [a for a in await undelivered_alerts(ledger) if a.kind == "exhausted"]
+    assert len(exhausted) == 1
+    (alert,) = exhausted
+    assert (alert.budget, alert.scope_key, alert.channel) == ("chan", "C1", "#eng")
+    assert (alert.spent, alert.limit) == (Decimal("0.176"), Decimal("0.2"))
+    # A fresh ledger (another replica, a restart) refusing again still makes no second alert.
+    again = await open_ledger(
+        [budget("global", "100"), budget("chan", "0.20", scope="channel", channel="#eng")], clock=clock
+    )
+    with pytest.raises(BudgetExceededError):
+        await reserve(again, "0.03", "refused-again")
+    assert len([a for a in await undelivered_alerts(ledger) if a.kind == "exhausted"]) == 1
+    # Lowering the global limit below its spend exhausts it at once.
+    await ledger.set_budget_limit("global", None, Decimal("0.10"))
+    kinds = sorted((a.budget, a.kind) for a in await undelivered_alerts(ledger) if a.kind == "exhausted")
+    assert kinds == [("chan", "exhausted"), ("global", "exhausted")]
+    # The next period starts clean: its first refusal alerts again.
+    clock.advance(days=40)
+    with pytest.raises(BudgetExceededError):
+        await reserve(ledger, "0.25", "next-period")
+    assert len([a for a in await undelivered_alerts(ledger) if a.kind == "exhausted"]) == 3

@@ -298,12 +298,14 @@ async def test_readiness_pings_the_ledger_through_the_gateway(
             # The database stops answering: ``Ledger.ping`` raises what the driver raised.
             monkeypatch.setattr(ledger, "ping", _no_answer)
             during = await http.get(f"{url}/readyz")
-            assert await database_status(gateway) == "error: OSError: connection refused"
+            unreachable = "error: the budget ledger is unreachable (OSError: connection refused)"
+            assert await database_status(gateway) == unreachable
             monkeypatch.setattr(ledger, "ping", _hang)
-            assert await database_status(gateway, within=0.05) == "error: no answer within 0.05 s"
+            slow = await database_status(gateway, within=0.05)
+            assert slow == "error: the budget ledger is unreachable (no answer within 0.05 s)"
     assert before.status_code == 200 and before.json()["checks"] == {"database": "ok"}
     assert during.status_code == 503
-    assert during.json()["not_ready"] == {"database": "error: OSError: connection refused"}
+    assert during.json()["not_ready"] == {"database": unreachable}
 
 
 async def test_a_gateway_without_a_ledger_has_no_database_to_wait_for(fake_env: dict[str, str]) -> None:

@@ -37,6 +37,7 @@ from bot.core.errors import ConfigurationError
 from bot.core.ledger.drivers import Writer
 from bot.core.ledger.drivers.postgres import PostgresWriter
 from bot.core.ledger.drivers.sqlite import SqliteWriter
+from bot.core.ledger.outage import translated
 from bot.core.ledger.wal_sync import WalSyncer
 
 __all__ = ["Backend", "Database", "SqliteSetup", "configure_sqlite", "normalise_url"]
@@ -116,6 +117,8 @@ class SqliteSetup:
 
     def __init__(self, path: str, synchronous: Synchronous, sync_interval: float) -> None:
         """``path`` is the ledger's file."""
+        self.path = path
+        """The ledger's file."""
         self.synchronous: Synchronous = synchronous
         self.syncer = WalSyncer(path, self.configure, sync_interval) if synchronous == "normal" else None
         """Checkpoints after writes under ``NORMAL`` (None under ``FULL``: commits sync themselves)."""
@@ -191,9 +194,12 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction through SQLAlchemy (the outbox's, overrides): committed on normal
-        exit, rolled back on an exception; it queues on the writer's gate like every write."""
-        async with self.writer.gate, self.engine.begin() as conn:
-            yield conn
+        exit, rolled back on an exception; it queues on the writer's gate like every write.
+
+        A database that cannot be reached raises ``LedgerUnavailable`` (``outage``)."""
+        with translated():
+            async with self.writer.gate, self.engine.begin() as conn:
+                yield conn
         self.note_write()
 
     def note_write(self) -> None:
@@ -205,14 +211,16 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (a consistent snapshot; on SQLite it takes no write lock).
 
-        It first waits for the writes made before it to commit, so a read sees them all.
+        It first waits for the writes made before it to commit, so a read sees them all. A
+        database that cannot be reached raises ``LedgerUnavailable`` (``outage``).
         """
         await self.writer.settled()
-        async with self.engine.connect() as conn:
-            if self.is_sqlite:
-                await conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
-            async with conn.begin():
-                yield conn
+        with translated():
+            async with self.engine.connect() as conn:
+                if self.is_sqlite:
+                    await conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+                async with conn.begin():
+                    yield conn
 
     def insert_ignore(self, table: sa.Table, conflict: Sequence[str]) -> sa.Insert:
         """``INSERT … ON CONFLICT (conflict) DO NOTHING`` in this database's dialect."""

@@ -33,16 +33,20 @@ import sqlalchemy as sa
 
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.errors import BudgetExceededError, ConfigurationError, DuplicateRequestError
-from bot.core.ledger import queries, transactions
+from bot.core.ledger import transactions
+from bot.core.ledger.call_rows import call_identity, call_row
 from bot.core.ledger.database import Database
+from bot.core.ledger.journal import journal_for
 from bot.core.ledger.migrations import migrate
-from bot.core.ledger.models import BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.models import Hold
 from bot.core.ledger.money import from_nanos, to_nanos
 from bot.core.ledger.outbox import Outbox
-from bot.core.ledger.periods import Target, applicable_budgets, budget_label, call_scope_keys, period_bounds
-from bot.core.ledger.settlement import CallWrites, Settlement, call_row
+from bot.core.ledger.periods import Target, budget_label, period_bounds
+from bot.core.ledger.settlement import CallWrites, Settlement
 from bot.core.ledger.statements import statements_for
+from bot.core.ledger.tokens import TokenStore
 from bot.core.ledger.transactions import DuplicateRequest, Refusal, lock_order
+from bot.core.ledger.upkeep import LedgerUpkeep
 from bot.core.types import CallRecord, Principal
 
 __all__ = ["Clock", "Ledger", "Settlement"]
@@ -53,15 +57,21 @@ log = logging.getLogger(__name__)
 #: Returns the current time as an aware UTC datetime; injectable so tests never sleep.
 Clock = Callable[[], datetime]
 
-#: Expired holds released per sweep transaction (keeps each transaction short).
-_SWEEP_BATCH = 500
-
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Ledger:
+class _Refused(Exception):
+    """A reserve refused by one budget row: the user's error, and what its alert needs."""
+
+    def __init__(self, error: BudgetExceededError, refusal: Refusal, budget: BudgetConfig) -> None:
+        super().__init__(error)
+        self.error, self.budget = error, budget
+        self.row_id, self.spent, self.limit = refusal.row_id, refusal.spent, refusal.limit
+
+
+class Ledger(LedgerUpkeep):
     """The persistent ledger: calls, budget periods, holds and alerts, on SQLite or PostgreSQL.
 
     Create it with ``await Ledger.open(config, budgets)`` (or ``async with await Ledger.open(...)``)
@@ -83,9 +93,15 @@ class Ledger:
         self._key_retention = timedelta(hours=config.request_key_retention_hours)
         # Ids of budget_periods rows already seen; rows are never deleted, so ids stay valid.
         self._period_ids: dict[tuple[str, str, str, str, datetime], int] = {}
-        self._writes = CallWrites(db)
+        # Budget rows whose exhausted alert this process has queued (rows are per period).
+        self._exhausted_rows: set[int] = set()
+        self.journal = journal_for(config.journal_path, db.sqlite_setup.path if db.sqlite_setup else None)
+        """Where records the database could not take wait to be written (None: no journal)."""
+        self._writes = CallWrites(db, self.journal)
         self.outbox = Outbox(db, self._by_name, self._tz, self._now)
         """Claiming and delivering alerts, job-made alert kinds, job runs (see ``outbox.py``)."""
+        self.tokens = TokenStore(db, self._now)
+        """Personal MCP tokens: made, checked, listed, revoked (see ``tokens.py``)."""
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -103,10 +119,14 @@ class Ledger:
         db = Database.connect(config)
         try:
             await migrate(db)
+            ledger = cls(db, config, budgets, clock or _utc_now)
+            # What a dead process left: its journaled records, then its expired holds.
+            await ledger.replay_journal()
+            await ledger.sweep_expired()
         except BaseException:
             await db.dispose()
             raise
-        return cls(db, config, budgets, clock or _utc_now)
+        return ledger
 
     async def close(self) -> None:
         """Finish the writes under way, then close every database connection."""
@@ -153,35 +173,58 @@ class Ledger:
             raise ValueError("the ledger clock must return timezone-aware datetimes")
         return now.astimezone(UTC)
 
-    def _targets(
-        self, principal: Principal, model: str | None, provider: str | None, now: datetime
-    ) -> list[Target]:
-        keys = call_scope_keys(principal, model=model, provider=provider)
-        return applicable_budgets(self._budgets, keys, now, self._tz)
-
     # -- reserve / settle / release ------------------------------------------------------------
 
     async def reserve(
-        self, principal: Principal, amount: Decimal, *, request_id: str, model: str, provider: str
+        self,
+        principal: Principal,
+        amount: Decimal,
+        *,
+        request_id: str,
+        model: str,
+        provider: str,
+        input_tokens: int = 0,
     ) -> Hold:
         """Hold ``amount`` against every budget that applies to this call, or refuse.
 
-        All or nothing, in one transaction. Raises ``BudgetExceededError`` naming the budget that
+        All or nothing, in one transaction. The hold keeps who calls which model (and its
+        ``input_tokens``), so that if this process dies during the call, the sweeper writes it
+        down as ``interrupted``. Raises ``BudgetExceededError`` naming the budget that
         lacks room (after freeing expired holds and trying once more); nothing is written then.
         A request id that has a hold already raises ``ValueError``.
         """
         nanos = to_nanos(amount)
         try:
-            return await self._try_reserve(principal, nanos, request_id, model, provider)
-        except BudgetExceededError:
+            return await self._try_reserve(principal, nanos, request_id, model, provider, input_tokens)
+        except _Refused:
             # Expired holds (a dead process's) never count against room: sweep them, then decide
             # once more. Always once more: in a burst, another refused call may be the one whose
             # sweep freed the room.
             await self.sweep_expired()
-        return await self._try_reserve(principal, nanos, request_id, model, provider)
+        try:
+            return await self._try_reserve(principal, nanos, request_id, model, provider, input_tokens)
+        except _Refused as refused:
+            await self._exhausted(refused)
+            raise refused.error from None
+
+    async def _exhausted(self, refused: _Refused) -> None:
+        """The budget row refuses calls now: queue its ``exhausted`` alert (once per period; this
+        process skips rows it has alerted already, so a burst of refusals writes once)."""
+        if refused.row_id in self._exhausted_rows:
+            return
+        fraction = refused.spent / refused.limit if refused.limit > 0 else 1.0
+        make = partial(
+            transactions.queue_exhausted, self._s, refused.row_id, fraction, refused.budget, self._now()
+        )
+        try:
+            await self._db.writer.run(make)
+        except Exception:  # the refusal stands and is what the caller must hear; the alert is lost
+            log.warning("could not queue a budget's exhausted alert", exc_info=True)
+            return
+        self._exhausted_rows.add(refused.row_id)
 
     async def _try_reserve(
-        self, principal: Principal, nanos: int, request_id: str, model: str, provider: str
+        self, principal: Principal, nanos: int, request_id: str, model: str, provider: str, input_tokens: int
     ) -> Hold:
         now = self._now()
         targets = self._targets(principal, model, provider, now)
@@ -200,6 +243,7 @@ class Ledger:
             "amount_nano_usd": nanos,
             "created_at": now,
             "expires_at": hold.expires_at,
+            "call_identity": call_identity(principal, provider, model, now, input_tokens),
         }
         limits = {row_id: self._limit_nanos[t.budget.name] for row_id, t in target_of.items()}
         reserve = partial(transactions.reserve, self._s, row, limits, hold_first=self._db.writer.hold_first)
@@ -208,14 +252,15 @@ class Ledger:
             await self._db.writer.run(reserve, durable=False)
         except Refusal as r:
             t = target_of[r.row_id]
-            raise BudgetExceededError(
+            error = BudgetExceededError(
                 budget=budget_label(t.budget.name, t.budget.scope, t.scope_key),
                 limit=from_nanos(r.limit),
                 spent=from_nanos(r.spent),
                 reserved=from_nanos(r.reserved),
                 requested=from_nanos(nanos),
                 resets_at=t.period_end,
-            ) from None
+            )
+            raise _Refused(error, r, t.budget) from None
         except DuplicateRequest:
             raise ValueError(f"request_id '{request_id}' already has a hold") from None
         return hold
@@ -269,9 +314,16 @@ class Ledger:
                 f"record is for request '{record.request_id}' but the hold is for '{hold.request_id}'"
             )
         call = None if record is None else call_row(record)
-        held, rows = to_nanos(hold.amount), hold.budget_period_ids
-        make = partial(transactions.settle, self._s, call, hold.id, held, rows, self._by_name, self._now())
-        return self._writes.settle(make)
+        held, rows, now = to_nanos(hold.amount), hold.budget_period_ids, self._now()
+        entry = {
+            "kind": "settle",
+            "call": call,
+            "hold_id": hold.id,
+            "held": held,
+            "row_ids": rows,
+            "now": now,
+        }
+        return self._writes.settle(self._journaled(entry), entry)
 
     @property
     def hold_renewal_seconds(self) -> float:
@@ -296,7 +348,8 @@ class Ledger:
         if call["cost_nano_usd"]:
             targets = self._targets(record.principal, record.model, record.provider, now)
             row_ids = list(await self._period_rows(targets, now))
-        await self._writes.write(partial(transactions.record, self._s, call, row_ids, self._by_name, now))
+        entry = {"kind": "record", "call": call, "row_ids": row_ids, "now": now}
+        await self._writes.write_or_journal(self._journaled(entry), entry)
 
     async def claim_request(self, request_id: str) -> None:
         """Claim an idempotency key; ``DuplicateRequestError`` if any replica did (keys are kept)."""
@@ -304,65 +357,6 @@ class Ledger:
             await self._db.writer.run(partial(transactions.claim_request, self._s, request_id, self._now()))
         except DuplicateRequest:
             raise DuplicateRequestError(request_id) from None
-
-    async def sweep_expired(self) -> int:
-        """Release every hold whose expiry has passed; return how many were released."""
-        now = self._now()
-        async with self._db.read() as conn:
-            # A cheap read first, so the common case takes no write lock.
-            if (await conn.execute(self._s.any_expired_hold, {"p_now": now})).first() is None:
-                return 0
-        released = 0
-        while True:
-            count = await self._db.writer.run(partial(transactions.sweep, self._s, now, _SWEEP_BATCH))
-            released += count
-            if count < _SWEEP_BATCH:
-                return released
-
-    async def housekeeping(self) -> tuple[int, int]:
-        """Free expired holds and prune old idempotency keys; return how many of each.
-
-        Run periodically (``bot serve``'s alert job), so neither waits for a refusal to be noticed.
-        """
-        swept = await self.sweep_expired()
-        before = self._now() - self._key_retention
-        pruned = await self._db.writer.run(partial(transactions.prune_request_keys, self._s, before))
-        return swept, pruned
-
-    # -- queries -------------------------------------------------------------------------------
-
-    async def status(
-        self, principal: Principal, *, model: str | None = None, provider: str | None = None
-    ) -> list[BudgetStatus]:
-        """Where every budget that applies to this principal (and model/provider) stands now."""
-        now = self._now()
-        targets = self._targets(principal, model, provider, now)
-        return await queries.status(self._db, targets, now)
-
-    async def status_all(self) -> list[BudgetStatus]:
-        """Every budget row of the current periods (one per scope key of a per-key budget)."""
-        now = self._now()
-        return await queries.status_all(self._db, self._budgets, now, self._tz)
-
-    async def spend_by_model(self, start: datetime, end: datetime) -> list[SpendRow]:
-        """Spend per (provider, model) of calls created in ``[start, end)``, largest first."""
-        return await queries.spend_by_model(self._db, start, end)
-
-    async def spend_by_user(self, start: datetime, end: datetime) -> list[SpendRow]:
-        """Spend per user (``team:user`` key, as in budgets) of calls in ``[start, end)``, largest first."""
-        return await queries.spend_by_user(self._db, start, end)
-
-    async def spend_by_day(self, start: datetime, end: datetime) -> list[SpendRow]:
-        """Spend per local day (ISO date in the configured zone) of calls in ``[start, end)``."""
-        return await queries.spend_by_day(self._db, start, end, self._tz)
-
-    async def spend_by_surface(self, start: datetime, end: datetime) -> list[SpendRow]:
-        """Spend per surface (cli, slack, mcp…) of calls in ``[start, end)``, largest first."""
-        return await queries.spend_by_surface(self._db, start, end)
-
-    async def totals(self, start: datetime | None = None, end: datetime | None = None) -> Totals:
-        """Cost, calls and tokens in ``[start, end)`` (all time by default), also by outcome."""
-        return await queries.totals(self._db, start, end)
 
     async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
         """Override a budget's limit persistently (wins over config) and apply it to the current period.

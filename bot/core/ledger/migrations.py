@@ -26,6 +26,8 @@ __all__ = [
     "m002_alert_delivery",
     "m003_request_keys",
     "m004_slim_holds",
+    "m005_interrupted_calls",
+    "m006_people",
     "migrate",
 ]
 
@@ -227,12 +229,98 @@ def m004_slim_holds(conn: sa.Connection) -> None:
     _rebuild_sqlite_table(conn, hold_items, "hold_items")
 
 
+def _calls_v5(md: sa.MetaData, name: str) -> sa.Table:
+    """Version 5's ``calls`` (named ``name``): version 1's, with the ``interrupted`` outcome."""
+    id_ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    return sa.Table(
+        name,
+        md,
+        sa.Column("id", id_, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("surface", sa.String(32), nullable=False),
+        sa.Column("principal", sa.String(512), nullable=False),
+        sa.Column("team_id", sa.String(255)),
+        sa.Column("user_id", sa.String(255)),
+        sa.Column("channel_id", sa.String(255)),
+        sa.Column("client_id", sa.String(255)),
+        sa.Column("provider", sa.String(100), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        *(
+            sa.Column(f"{kind}_tokens", sa.BigInteger, nullable=False)
+            for kind in ("input", "output", "cache_read", "cache_write", "reasoning")
+        ),
+        sa.Column("cost_nano_usd", sa.BigInteger, nullable=False),
+        sa.Column("cost_estimated", sa.Boolean, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("error_code", sa.String(100)),
+        sa.CheckConstraint(f"outcome IN ({_OUTCOMES_V5})", name="ck_calls_outcome"),
+        sa.CheckConstraint("cost_nano_usd >= 0", name="ck_calls_cost"),
+        # Named as version 1's index=True named it on "calls", since this table is renamed so.
+        sa.Index("ix_calls_created_at", "created_at"),
+    )
+
+
+_OUTCOMES_V5 = "'ok', 'refused', 'error', 'cancelled', 'interrupted'"
+
+
+def m005_interrupted_calls(conn: sa.Connection) -> None:
+    """Let a hold carry its call's identity, and a call be ``interrupted``.
+
+    ``holds.call_identity`` (JSON: who, through which surface, which model) is what the sweeper
+    needs to turn a dead process's hold into a calls row (outcome ``interrupted``, charged the
+    hold, estimated): such a call may have been billed, and a hold released at $0 left no trace.
+    PostgreSQL changes the outcome check in place; SQLite cannot alter a check, so ``calls`` is
+    rebuilt (rows, ids, the unique request id and the created_at index kept).
+    """
+    conn.execute(sa.text("ALTER TABLE holds ADD COLUMN call_identity TEXT"))
+    if conn.dialect.name != "sqlite":
+        conn.execute(sa.text("ALTER TABLE calls DROP CONSTRAINT ck_calls_outcome"))
+        conn.execute(
+            sa.text(f"ALTER TABLE calls ADD CONSTRAINT ck_calls_outcome CHECK (outcome IN ({_OUTCOMES_V5}))")
+        )
+        return
+    # The index name must be free before the new table's index takes it.
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_calls_created_at"))
+    _rebuild_sqlite_table(conn, _calls_v5(sa.MetaData(), "calls_m005"), "calls")
+
+
+def m006_people(conn: sa.Connection) -> None:
+    """Create ``api_tokens`` (personal MCP tokens, hashed), and record who set each override.
+
+    A personal token makes an MCP client's calls the person's, so per-user budgets cover them;
+    only its SHA-256 is kept (``token_hash``), never the token. ``budget_overrides`` gains
+    ``set_by`` and ``set_via`` (the person and the face: slack, cli, mcp), shown beside the limit.
+    """
+    md = sa.MetaData()
+    sa.Table(
+        "api_tokens",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("team_id", sa.String(255)),
+        sa.Column("user_id", sa.String(255), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("created_by", sa.String(255), nullable=False),
+        sa.Column("last_used_at", UTCDateTime()),
+        sa.Column("revoked_at", UTCDateTime()),
+    )
+    md.create_all(conn)
+    for column in (sa.Column("set_by", sa.String(255)), sa.Column("set_via", sa.String(32))):
+        type_ = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE budget_overrides ADD COLUMN {column.name} {type_}"))
+
+
 #: Every migration, in order: (version, name, function).
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "m001_initial", m001_initial),
     (2, "m002_alert_delivery", m002_alert_delivery),
     (3, "m003_request_keys", m003_request_keys),
     (4, "m004_slim_holds", m004_slim_holds),
+    (5, "m005_interrupted_calls", m005_interrupted_calls),
+    (6, "m006_people", m006_people),
 )
 
 

@@ -10,6 +10,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from bot.core.money_text import usd
+
 __all__ = ["Alert", "BudgetStatus", "Hold", "SpendRow", "Totals"]
 
 
@@ -111,7 +113,7 @@ class Alert:
         who = self.budget if self.scope == "global" else f"{self.budget} ({self.scope} {self.scope_key})"
         return (
             f"Budget '{who}' has reached {self.threshold:.0%} of its {self.period} limit: "
-            f"${self.spent:.2f} of ${self.limit:.2f} spent ({self.fraction:.0%})."
+            f"{usd(self.spent)} of {usd(self.limit)} spent ({self.fraction:.0%})."
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,8 +14,10 @@ from functools import lru_cache
 from typing import NamedTuple
 
 __all__ = [
+    "EXHAUSTED_THRESHOLD",
     "MAX_NANOS",
     "NANOS_PER_USD",
+    "OVERSPENT_THRESHOLD",
     "Crossing",
     "alert_crossings",
     "charge",
@@ -87,17 +89,29 @@ def remaining(spent: int, reserved: int, limit: int) -> int:
 def charge(spent: int, reserved: int, give_back: int, spend: int) -> tuple[int, int]:
     """A row's (spent, reserved) after giving back ``give_back`` of its holds and charging ``spend``.
 
-    No limit check: this is money already spent (a call may cost more than its hold). Reserved is
-    clamped at zero so that a bug can never turn into extra room in the budget.
+    No limit check: this is money already spent (a call may cost more than its hold). ``spend``
+    is negative only for a correction: a dead process's call, charged its hold as
+    ``interrupted``, whose real bill arrived later and was smaller. Both are clamped at zero so
+    that a bug can never turn into extra room in the budget.
     """
-    return spent + spend, max(0, reserved - give_back)
+    return max(0, spent + spend), max(0, reserved - give_back)
+
+
+#: The threshold stored for ``overspent`` alerts: one per budget key and period, when a charge
+#: takes its spend past its limit (configured thresholds are in (0, 1]; ``outbox.py`` reserves
+#: 0 and -1 for the job-made kinds).
+OVERSPENT_THRESHOLD = -2.0
+#: The threshold stored for ``exhausted`` alerts: one per budget key and period, when the budget
+#: first refuses a call for want of room (or an admin lowers its limit to its spend or below).
+EXHAUSTED_THRESHOLD = -3.0
 
 
 class Crossing(NamedTuple):
-    """An alert threshold a budget row has reached: the threshold and the fraction spent."""
+    """An alert a budget row has reached: the threshold, the fraction spent, the alert's kind."""
 
     threshold: float
     fraction: float
+    kind: str = "threshold"
 
 
 @lru_cache(maxsize=64)
@@ -107,11 +121,13 @@ def _exact(threshold: float) -> tuple[int, int]:
 
 
 def alert_crossings(thresholds: Sequence[float], spent: int, limit: int) -> list[Crossing]:
-    """Every threshold a row with this spend and limit has reached.
+    """Every threshold a row with this spend and limit has reached, and ``overspent`` past it.
 
     "Reached" rather than "crossed by this charge": alerts are unique per threshold and period,
     so repeats are no-ops, and a threshold passed only because an admin lowered the limit still
-    gets its alert. A limit of zero or less sends none.
+    gets its alert. Spend beyond the limit (a provider billed more than a call's hold) is the
+    ``overspent`` alert (``OVERSPENT_THRESHOLD``), whatever the thresholds. A limit of zero or
+    less sends none.
     """
     if limit <= 0:
         return []
@@ -120,4 +136,6 @@ def alert_crossings(thresholds: Sequence[float], spent: int, limit: int) -> list
         numerator, denominator = _exact(t)
         if spent * denominator >= numerator * limit:  # integers: exact at the boundary
             reached.append(Crossing(t, spent / limit))
+    if spent > limit:
+        reached.append(Crossing(OVERSPENT_THRESHOLD, spent / limit, "overspent"))
     return reached

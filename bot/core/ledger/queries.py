@@ -105,9 +105,15 @@ _EXPIRED_BY_ROW = (
 
 
 async def _expired_by_row(conn: Any, now: datetime) -> dict[int, int]:
-    """Per budget row, the money of its holds that have expired (a dead process's): reserved no
-    longer, even before the sweeper frees them."""
+    """Per budget row, the money of its holds that have expired (a dead process's): shown as
+    spent, as the sweeper will charge them (``transactions.sweep``), even before it runs."""
     return {int(r[0]): int(r[1]) for r in await conn.execute(_EXPIRED_BY_ROW, {"p_now": now})}
+
+
+def _as_swept(spent: int, reserved: int, expired: int) -> tuple[int, int]:
+    """A row's (spent, reserved) once its expired holds are swept: charged, reserved no longer."""
+    expired = min(expired, reserved)
+    return spent + expired, reserved - expired
 
 
 async def status(db: Database, targets: Sequence[Target], now: datetime) -> list[BudgetStatus]:
@@ -129,8 +135,9 @@ async def status(db: Database, targets: Sequence[Target], now: datetime) -> list
         row = found.get(t.key)
         spent, reserved = (0, 0)
         if row is not None:
-            spent = int(row.spent_nano_usd)
-            reserved = max(0, int(row.reserved_nano_usd) - expired.get(int(row.id), 0))
+            spent, reserved = _as_swept(
+                int(row.spent_nano_usd), int(row.reserved_nano_usd), expired.get(int(row.id), 0)
+            )
         result.append(
             _budget_status(
                 t.budget,
@@ -186,10 +193,10 @@ async def status_all(
         budget = by_name[r.budget]
         start, end = bounds[r.budget]
         limit = limit_of(overrides, budget, r.scope_key)
-        reserved = max(0, int(r.reserved_nano_usd) - expired.get(int(r.id), 0))
-        result.append(
-            _budget_status(budget, r.scope_key, start, end, limit, int(r.spent_nano_usd), reserved, now)
+        spent, reserved = _as_swept(
+            int(r.spent_nano_usd), int(r.reserved_nano_usd), expired.get(int(r.id), 0)
         )
+        result.append(_budget_status(budget, r.scope_key, start, end, limit, spent, reserved, now))
     return result
 
 
@@ -305,7 +312,7 @@ async def spend_by_day(db: Database, start: datetime, end: datetime, tz: ZoneInf
 async def totals(db: Database, start: datetime | None, end: datetime | None) -> Totals:
     """Cost, calls and tokens in the range, overall and per outcome."""
     rows = await _grouped(db, [_c.outcome], _in_range(start, end))
-    order = {"ok": 0, "refused": 1, "error": 2, "cancelled": 3}
+    order = {"ok": 0, "refused": 1, "error": 2, "cancelled": 3, "interrupted": 4}
     rows.sort(key=lambda r: (order.get(r.outcome, 9), r.outcome))
     by_outcome = {r.outcome: _spend_row(r.outcome, r) for r in rows}
     return Totals(total=_sum_rows("total", rows), by_outcome=by_outcome)

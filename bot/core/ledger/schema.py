@@ -26,6 +26,7 @@ __all__ = [
     "NANOS_PER_USD",
     "UTCDateTime",
     "alerts",
+    "api_tokens",
     "budget_overrides",
     "budget_periods",
     "calls",
@@ -123,7 +124,10 @@ calls = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("error_code", sa.String(100)),
-    sa.CheckConstraint("outcome IN ('ok', 'refused', 'error', 'cancelled')", name="ck_calls_outcome"),
+    # m005: "interrupted", a dead process's call, made from its expired hold by the sweeper.
+    sa.CheckConstraint(
+        "outcome IN ('ok', 'refused', 'error', 'cancelled', 'interrupted')", name="ck_calls_outcome"
+    ),
     sa.CheckConstraint("cost_nano_usd >= 0", name="ck_calls_cost"),
 )
 
@@ -161,6 +165,9 @@ holds = sa.Table(
     sa.Column("amount_nano_usd", _Money, nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
+    # m005: the call's identity as JSON (``settlement.call_identity``), so that the sweeper can
+    # write a dead process's call as ``interrupted``. Null on holds made before m005.
+    sa.Column("call_identity", sa.Text),
     sqlite_with_rowid=False,
 )
 
@@ -212,6 +219,25 @@ budget_overrides = sa.Table(
     sa.Column("scope_key", sa.String(512), primary_key=True),
     sa.Column("limit_nano_usd", _Money, nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # m006: who set it (a Slack user key, a CLI user) and through which face (slack, cli, mcp).
+    sa.Column("set_by", sa.String(255)),
+    sa.Column("set_via", sa.String(32)),
+)
+
+# m006: personal MCP tokens. Only the token's SHA-256 is stored; ``id`` is its public handle
+# (listed, revoked by), ``user_id``/``team_id`` the person whose budgets its calls are charged to.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("team_id", sa.String(255)),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("last_used_at", UTCDateTime()),
+    sa.Column("revoked_at", UTCDateTime()),
 )
 
 # m002: one row per scheduled job run (e.g. "report:day:2026-11-25"): the replica that inserts it
@@ -237,6 +263,7 @@ request_keys = sa.Table(
 
 #: Every table the ledger owns, in an order safe for DROP (dependants first).
 LEDGER_TABLES = (
+    "api_tokens",
     "request_keys",
     "job_runs",
     "alerts",

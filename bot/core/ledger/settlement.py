@@ -4,7 +4,8 @@ Why here, apart from ``Ledger``: a settle must not make the answer wait, must su
 hanging up, and must never be lost to a passing database failure. ``CallWrites.settle`` writes
 it at once into SQLite's open shared transaction when there is one (no task until its commit),
 else in a task of its own; either way it hands back a ``Settlement`` whose future resolves once
-the write is committed (with the alerts it created) or has failed after its retries.
+the write is committed (with the alerts it created), or kept in the local journal (``journal``)
+after its retries failed; it fails only if the journal could not take it either.
 """
 
 from __future__ import annotations
@@ -19,47 +20,17 @@ from bot.core.errors import BotError
 from bot.core.ledger import alerts
 from bot.core.ledger.database import Database
 from bot.core.ledger.drivers import MakeTx
+from bot.core.ledger.journal import Journal, JournalEntry
 from bot.core.ledger.models import Alert
-from bot.core.ledger.money import to_nanos
 from bot.core.ledger.transactions import NothingWritten
-from bot.core.types import CallRecord
 
-__all__ = ["CallWrites", "Settlement", "call_row"]
+__all__ = ["CallWrites", "Settlement"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 #: Tries at one write of a call's record (a locked SQLite file, a PostgreSQL failover).
 WRITE_ATTEMPTS = 3
-
-
-def call_row(record: CallRecord) -> dict[str, Any]:
-    """The calls row of ``record``, by column name (checks the record's timestamp is aware)."""
-    p, u = record.principal, record.usage
-    if record.created_at.tzinfo is None:
-        raise ValueError("CallRecord.created_at must be timezone-aware")
-    return {
-        "request_id": record.request_id,
-        "created_at": record.created_at,
-        "surface": p.surface,
-        "principal": p.label,
-        "team_id": p.team_id,
-        "user_id": p.user_id,
-        "channel_id": p.channel_id,
-        "client_id": p.client_id,
-        "provider": record.provider,
-        "model": record.model,
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_tokens": u.cache_read_tokens,
-        "cache_write_tokens": u.cache_write_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "cost_nano_usd": to_nanos(record.cost_usd, what="cost_usd"),
-        "cost_estimated": record.cost_estimated,
-        "latency_ms": float(record.latency_ms),
-        "outcome": record.outcome,
-        "error_code": record.error_code,
-    }
 
 
 class Settlement:
@@ -94,9 +65,10 @@ class Settlement:
 class CallWrites:
     """The writes of calls' records of one ledger: settles under way and their retries."""
 
-    def __init__(self, db: Database) -> None:
-        """Write through ``db``'s writer."""
+    def __init__(self, db: Database, journal: Journal | None = None) -> None:
+        """Write through ``db``'s writer; a write that fails after its retries goes to ``journal``."""
         self._db = db
+        self._journal = journal
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def finish(self) -> None:
@@ -124,7 +96,24 @@ class CallWrites:
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def settle(self, make: MakeTx[list[int]]) -> Settlement:
+    async def write_or_journal(self, make_tx: MakeTx[list[int]], entry: JournalEntry) -> list[int]:
+        """``write``; if it still fails, keep ``entry`` in the journal (no alerts then: they are
+        made when the journal is replayed). Raises only if the journal cannot take it either."""
+        try:
+            return await self.write(make_tx)
+        except (BotError, NothingWritten, ValueError, TypeError):
+            raise
+        except Exception:
+            if self._journal is None:
+                raise
+            try:
+                self._journal.append(entry)
+            except OSError:
+                log.exception("the local journal could not be written either")
+                raise
+            return []
+
+    def settle(self, make: MakeTx[list[int]], entry: JournalEntry) -> Settlement:
         """Write a settle (``transactions.settle``): at once if a shared transaction is open,
         else in a task; the ``Settlement`` resolves with its alerts once committed."""
         future: asyncio.Future[list[Alert]] = asyncio.get_running_loop().create_future()
@@ -134,31 +123,35 @@ class CallWrites:
             log.warning("a settle could not be written at once; writing it alone", exc_info=True)
             written = None
         if written is None:
-            self._start(self._settle_alone(make, future))
+            self._start(self._settle_alone(make, entry, future))
         else:
             alert_ids, committed = written
-            committed.add_done_callback(partial(self._committed, make, alert_ids, future))
+            committed.add_done_callback(partial(self._committed, make, entry, alert_ids, future))
             return Settlement(future, None if alert_ids else committed)
         return Settlement(future)
 
     def _committed(
         self,
         make: MakeTx[list[int]],
+        entry: JournalEntry,
         alert_ids: list[int],
         future: asyncio.Future[list[Alert]],
         committed: asyncio.Future[None],
     ) -> None:
         if committed.cancelled() or committed.exception() is not None:
             # Nothing was written (the shared transaction was lost): once more, alone, with retries.
-            self._start(self._settle_alone(make, future))
+            self._start(self._settle_alone(make, entry, future))
         elif alert_ids:
             self._start(self._resolve(future, alerts.alerts_by_id(self._db, alert_ids)))
         else:
             future.set_result([])
 
-    async def _settle_alone(self, make: MakeTx[list[int]], future: asyncio.Future[list[Alert]]) -> None:
+    async def _settle_alone(
+        self, make: MakeTx[list[int]], entry: JournalEntry, future: asyncio.Future[list[Alert]]
+    ) -> None:
         async def write() -> list[Alert]:
-            return await alerts.alerts_by_id(self._db, await self.write(make))
+            alert_ids = await self.write_or_journal(make, entry)
+            return await alerts.alerts_by_id(self._db, alert_ids) if alert_ids else []
 
         await self._resolve(future, write())
 

@@ -107,6 +107,16 @@ class Statements:
             .on_conflict_do_nothing(index_elements=["request_id"])
         )
         """A calls row; nothing when the request is recorded already (rowcount 0)."""
+        self.interrupted_cost = sa.select(calls.c.cost_nano_usd).where(
+            calls.c.request_id == _bind("p_request"), calls.c.outcome == "interrupted"
+        )
+        """The estimated cost of a request's ``interrupted`` row, if it has one."""
+        self.replace_call = (
+            sa.update(calls)
+            .where(calls.c.request_id == _bind("p_request"))
+            .values({c: _bind(c, type_=calls.c[c].type) for c in CALL_COLUMNS if c != "request_id"})
+        )
+        """Every column of a request's calls row (the real record in place of an estimate)."""
         self.delete_hold = sa.delete(holds).where(holds.c.id == _bind("p_hold"))
         """The claim of a hold: whoever deletes its row gives its money back."""
         self.delete_hold_items = sa.delete(hold_items).where(hold_items.c.hold_id == _bind("p_hold"))
@@ -123,7 +133,7 @@ class Statements:
                     _bp.period,
                     _bp.period_start,
                     _bind("p_threshold", type_=sa.Float),
-                    sa.literal_column("'threshold'"),
+                    _bind("p_kind", type_=sa.String),
                     _bind("p_fraction", type_=sa.Float),
                     _bp.spent_nano_usd,
                     _bp.limit_nano_usd,
@@ -135,7 +145,8 @@ class Statements:
             .on_conflict_do_nothing(index_elements=[*_PERIOD_KEY, "threshold"])
             .returning(alerts.c.id)
         )
-        """A threshold alert of a budget row, copied from the row; its id, or none if it exists."""
+        """A threshold (or overspent) alert of a budget row, copied from the row; its id, or none
+        if it exists."""
         self.renew_hold = (
             sa.update(holds)
             .where(holds.c.id == _bind("p_hold"))
@@ -143,13 +154,14 @@ class Statements:
         )
         """A live hold's new expiry (its call is still running)."""
         self.expired_holds = (
-            sa.select(holds.c.id, holds.c.amount_nano_usd)
+            sa.select(holds.c.id, holds.c.amount_nano_usd, holds.c.request_id, holds.c.call_identity)
             .where(holds.c.expires_at <= _bind("p_now", type_=UTCDateTime()))
             .order_by(holds.c.id)
             .limit(_bind("p_batch", type_=sa.Integer))
             .with_for_update(skip_locked=True)
         )
-        """Up to ``p_batch`` expired holds, locked (PostgreSQL skips those a settle has)."""
+        """Up to ``p_batch`` expired holds (id, amount, request id, call identity), locked
+        (PostgreSQL skips those a settle has)."""
         self.any_expired_hold = (
             sa.select(holds.c.id).where(holds.c.expires_at <= _bind("p_now", type_=UTCDateTime())).limit(1)
         )
@@ -188,7 +200,7 @@ class Statements:
         )
         """Every override of one budget: scope key, limit."""
         self.current_rows = (
-            sa.select(_bp.id, _bp.scope_key)
+            sa.select(_bp.id, _bp.scope_key, _bp.spent_nano_usd)
             .where(
                 _bp.budget == _bind("p_budget"),
                 _bp.scope == _bind("p_scope"),
@@ -198,7 +210,7 @@ class Statements:
             .order_by(_bp.id.desc())
             .with_for_update(key_share=True)
         )
-        """A budget's rows of one period, locked in lock order: id, scope key."""
+        """A budget's rows of one period, locked in lock order: id, scope key, spent."""
         self.set_row_limit = (
             sa.update(budget_periods).where(_bp.id == _bind("p_id")).values(limit_nano_usd=_bind("p_limit"))
         )

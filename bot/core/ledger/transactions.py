@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from bot.core.config import BudgetConfig
 from bot.core.ledger import money
+from bot.core.ledger.call_rows import interrupted_row
 from bot.core.ledger.statements import Statements, in_params, in_size
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "lock_order",
     "prune_request_keys",
     "queue_alerts",
+    "queue_exhausted",
     "record",
     "renew",
     "reserve",
@@ -152,18 +154,32 @@ def settle(
     reserve wrote them: the amount is given back only if this claims the hold (a hold swept after
     expiry was given back by the sweeper); the cost is charged to its rows either way.
     """
-    spend = 0 if call is None else int(call["cost_nano_usd"])
-    if call is not None and (yield s.insert_call, call)[1] == 0:
-        spend = 0  # recorded already: a repeated settle charges nothing
+    # The hold first, then the calls row: the sweeper locks them in that order too (it turns an
+    # expired hold into a calls row of the same request), so the two can never deadlock.
     _, claimed = yield s.delete_hold, {"p_hold": hold_id}
     if claimed:
         yield s.delete_hold_items, {"p_hold": hold_id}
     else:
         held = 0
+    spend = 0 if call is None else int(call["cost_nano_usd"])
+    if call is not None and (yield s.insert_call, call)[1] == 0:
+        spend = yield from _replace_interrupted(s, call)
     if not row_ids or (held == 0 and spend == 0):
         return []
     charged = yield from charge_rows(s, dict.fromkeys(row_ids, held), spend)
-    return (yield from queue_alerts(s, charged, budgets, now)) if spend else []
+    return (yield from queue_alerts(s, charged, budgets, now)) if spend > 0 else []
+
+
+def _replace_interrupted(s: Statements, call: Mapping[str, Any]) -> Tx[int]:
+    """The request has a calls row already. A repeated settle charges nothing (0); but if the
+    row is the sweeper's ``interrupted`` estimate (the hold expired before this settle, e.g. it
+    was journaled while the database was down), the real record replaces it and the difference
+    is charged (negative when the estimate was higher)."""
+    found, _ = yield s.interrupted_cost, {"p_request": call["request_id"]}
+    if not found:
+        return 0
+    yield s.replace_call, {**call, "p_request": call["request_id"]}
+    return int(call["cost_nano_usd"]) - int(found[0][0])
 
 
 def record(
@@ -182,16 +198,20 @@ def record(
     return (yield from queue_alerts(s, charged, budgets, now))
 
 
-def charge_rows(s: Statements, give_back: Mapping[int, int], spend: int) -> Tx[list[Charged]]:
+def charge_rows(
+    s: Statements, give_back: Mapping[int, int], spend: int | Mapping[int, int]
+) -> Tx[list[Charged]]:
     """Lock the rows of ``give_back`` (row id → reserved amount to free), free it and charge
-    ``spend`` on each (``money.charge``); return the rows as charged."""
+    ``spend`` on each (``money.charge``; a mapping: row id → its own spend); return the rows as
+    charged."""
     ids = list(give_back)
+    spend_of = spend if isinstance(spend, Mapping) else dict.fromkeys(ids, spend)
     # The statement locks (and returns) the rows in lock order.
     locked, _ = yield s.lock_rows(in_size(len(ids))), in_params(ids)
     updates: list[dict[str, int]] = []
     charged: list[Charged] = []
     for row_id, budget, spent, reserved, limit in locked:
-        new_spent, new_reserved = money.charge(spent, reserved, give_back[row_id], spend)
+        new_spent, new_reserved = money.charge(spent, reserved, give_back[row_id], spend_of.get(row_id, 0))
         updates.append({"p_id": row_id, "p_spent": new_spent, "p_reserved": new_reserved})
         charged.append((row_id, budget, new_spent, limit))
     if updates:
@@ -210,20 +230,42 @@ def queue_alerts(
         if budget is None:
             continue  # a budget removed from config keeps its rows but sends no more alerts
         for crossing in money.alert_crossings(budget.alert_thresholds, spent, limit):
-            params = {
-                "p_id": row_id,
-                "p_threshold": crossing.threshold,
-                "p_fraction": crossing.fraction,
-                "p_channel": budget.channel,
-                "p_created_at": now,
-            }
-            rows, _ = yield s.insert_alert, params
-            created += [int(r[0]) for r in rows]
+            created += yield from _insert_alert(s, row_id, crossing, budget, now)
     return created
 
 
-def sweep(s: Statements, now: datetime, batch: int) -> Tx[int]:
-    """Release up to ``batch`` holds expired at ``now``; return how many.
+def _insert_alert(
+    s: Statements, row_id: int, crossing: money.Crossing, budget: BudgetConfig, now: datetime
+) -> Tx[list[int]]:
+    params = {
+        "p_id": row_id,
+        "p_threshold": crossing.threshold,
+        "p_kind": crossing.kind,
+        "p_fraction": crossing.fraction,
+        "p_channel": budget.channel,
+        "p_created_at": now,
+    }
+    rows, _ = yield s.insert_alert, params
+    return [int(r[0]) for r in rows]
+
+
+def queue_exhausted(
+    s: Statements, row_id: int, fraction: float, budget: BudgetConfig, now: datetime
+) -> Tx[list[int]]:
+    """Queue the ``exhausted`` alert of a budget row that refused a call (once per key and
+    period: a later one is a no-op); return its id if created now."""
+    crossing = money.Crossing(money.EXHAUSTED_THRESHOLD, fraction, "exhausted")
+    return (yield from _insert_alert(s, row_id, crossing, budget, now))
+
+
+def sweep(s: Statements, now: datetime, batch: int, budgets: Mapping[str, BudgetConfig]) -> Tx[int]:
+    """Turn up to ``batch`` holds expired at ``now`` into ``interrupted`` calls; return how many.
+
+    A live call renews its hold (``Ledger.renew``), so an expired hold is a dead process's: its
+    call may have been billed, and what it cost is unknown. Each becomes a calls row charged the
+    hold's amount, flagged estimated (``call_rows.interrupted_row``), and its budgets are charged
+    that amount in place of the hold (alerts queued as for any charge). A later settle of the
+    same request (a journaled record replayed) replaces the estimate with the real figures.
 
     The expired holds are locked first (on PostgreSQL a hold a settle is claiming is skipped),
     so deleting them is this transaction's claim, as in ``settle``.
@@ -231,16 +273,24 @@ def sweep(s: Statements, now: datetime, batch: int) -> Tx[int]:
     expired, _ = yield s.expired_holds, {"p_now": now, "p_batch": batch}
     if not expired:
         return 0
-    amount_of = {hold_id: int(amount) for hold_id, amount in expired}
+    amount_of = {hold_id: int(amount) for hold_id, amount, _, _ in expired}
     ids, size = list(amount_of), in_size(len(amount_of))
     yield s.delete_holds(size), in_params(ids)
     items, _ = yield s.items_of_holds(size), in_params(ids)
     yield s.delete_items_of_holds(size), in_params(ids)
+    charged_holds = set()
+    for hold_id, amount, request_id, identity in expired:
+        if (yield s.insert_call, interrupted_row(identity, request_id, int(amount), now))[1]:
+            charged_holds.add(hold_id)
     give_back: dict[int, int] = {}
+    spend: dict[int, int] = {}
     for hold_id, row_id in items:
         give_back[row_id] = give_back.get(row_id, 0) + amount_of[hold_id]
+        if hold_id in charged_holds:
+            spend[row_id] = spend.get(row_id, 0) + amount_of[hold_id]
     if give_back:
-        yield from charge_rows(s, give_back, 0)
+        charged = yield from charge_rows(s, give_back, spend)
+        yield from queue_alerts(s, [c for c in charged if spend.get(c[0])], budgets, now)
     return len(ids)
 
 
@@ -260,7 +310,8 @@ def set_override(
     s: Statements, budget: BudgetConfig, scope_key: str, limit: int, period_start: datetime, now: datetime
 ) -> Tx[None]:
     """Store an admin's override of ``budget`` for ``scope_key`` (``*``: every key) and write the
-    limit then in force (``money.limit_in_force``) into each of its rows of the current period."""
+    limit then in force (``money.limit_in_force``) into each of its rows of the current period;
+    a row whose spend that limit does not exceed gets its ``exhausted`` alert."""
     yield s.upsert_override, {"p_budget": budget.name, "p_key": scope_key, "p_limit": limit, "p_now": now}
     overrides, _ = yield s.overrides_of, {"p_budget": budget.name}
     limit_of = {key: int(value) for key, value in overrides}
@@ -272,12 +323,16 @@ def set_override(
     }
     rows, _ = yield s.current_rows, where
     config_limit = money.to_nanos(budget.limit_usd)
-    updates = [
-        {"p_id": row_id, "p_limit": money.limit_in_force(limit_of.get(key), limit_of.get("*"), config_limit)}
-        for row_id, key in rows
-    ]
+    updates, exhausted = [], []
+    for row_id, key, spent in rows:
+        new_limit = money.limit_in_force(limit_of.get(key), limit_of.get("*"), config_limit)
+        updates.append({"p_id": row_id, "p_limit": new_limit})
+        if int(spent) >= new_limit:  # lowered to its spend or below: every call is refused now
+            exhausted.append((row_id, int(spent) / new_limit))
     if updates:
         yield s.set_row_limit, updates
+    for row_id, fraction in exhausted:
+        yield from queue_exhausted(s, row_id, fraction, budget, now)
 
 
 def prune_request_keys(s: Statements, before: datetime) -> Tx[int]:

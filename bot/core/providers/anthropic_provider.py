@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from bot.core.config import CacheConfig
 from bot.core.errors import ProviderConnectionError, ProviderError
-from bot.core.providers.base import ChatRequest, Provider, ProviderReply
+from bot.core.providers.base import ChatRequest, Provider, ProviderReply, note_response
 from bot.core.providers.errors import map_sdk_error
+from bot.core.providers.usage_fields import billed_usage
 from bot.core.tokens import ESTIMATE_FACTOR, count_text_tokens
 from bot.core.types import Message, TokenCount, Usage
 
@@ -31,20 +32,12 @@ _ESTIMATE_PER_MESSAGE = 8
 
 
 def usage_from_anthropic(raw: Any) -> Usage | None:
-    """Convert Anthropic's usage (input *excludes* cache reads/writes) to our ``Usage``."""
-    if raw is None:
-        return None
-    cache_read = getattr(raw, "cache_read_input_tokens", None) or 0
-    cache_write = getattr(raw, "cache_creation_input_tokens", None) or 0
-    # The split of the writes by cache lifetime: 1-hour writes are priced apart.
-    written_for_1h = getattr(getattr(raw, "cache_creation", None), "ephemeral_1h_input_tokens", None) or 0
-    return Usage(
-        input_tokens=(getattr(raw, "input_tokens", None) or 0) + cache_read + cache_write,
-        output_tokens=getattr(raw, "output_tokens", None) or 0,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        cache_write_1h_tokens=min(written_for_1h, cache_write),
-    )
+    """Anthropic's ``usage`` (input *excludes* cache reads and writes) as billed: input with
+    both added, and 1-hour cache writes apart (``usage_fields``)."""
+    usage = billed_usage(raw, "anthropic", "default")
+    if usage is not None and usage.cache_write_1h_tokens > usage.cache_write_tokens:
+        usage = replace(usage, cache_write_1h_tokens=usage.cache_write_tokens)  # never more than all writes
+    return usage
 
 
 def _split_system(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, str]]]:
@@ -75,6 +68,9 @@ class AnthropicProvider(Provider):
                 base_url=self.base_url,
                 timeout=self.config.timeout_seconds,
                 max_retries=0,  # our own retry policy applies (see providers/retry.py)
+                # The SDK's own client, plus a hook that notes each answer's status: a 2xx whose
+                # body then breaks was billed (``Provider._with_policy``).
+                http_client=anthropic.DefaultAsyncHttpxClient(event_hooks={"response": [note_response]}),
             )
         return self._client
 

@@ -6,19 +6,52 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
 from bot.core.config import ModelConfig, ProviderConfig, RetryConfig
-from bot.core.errors import APIKeyMissingError, ModelNotFoundError, ProviderError
+from bot.core.errors import APIKeyMissingError, BotError, ModelNotFoundError, ProviderError
 from bot.core.pricing import Pricer
 from bot.core.providers.errors import map_sdk_error
 from bot.core.providers.retry import with_retries
 from bot.core.types import Message, ModelInfo, TokenCount, Usage
 
-__all__ = ["ChatRequest", "OnText", "Provider", "ProviderReply"]
+__all__ = ["ChatRequest", "OnText", "Provider", "ProviderReply", "note_response"]
+
+#: The statuses of the HTTP responses the current attempt received (set per attempt by
+#: ``Provider._with_policy``, appended to by ``note_response``, the SDK clients' response hook).
+_ANSWERED: ContextVar[list[int] | None] = ContextVar("provider_answered", default=None)
+
+
+async def note_response(response: Any) -> None:
+    """httpx response hook: remember that the provider answered, and with which status.
+
+    Called when a response's headers arrive, before its body is read: so when the body then
+    breaks off, we know the provider had accepted the request and done (and billed) the work.
+    """
+    seen = _ANSWERED.get()
+    if seen is not None:
+        seen.append(response.status_code)
+
+
+def _billed_then_cut(err: ProviderError, provider: str) -> ProviderError:
+    """The error for a 2xx reply whose body never arrived whole (no text reached the caller)."""
+    cut = ProviderError(
+        f"{provider}'s reply was cut off before it was complete",
+        provider=provider,
+        status=200,
+        hint=(
+            "This is on the provider's side; it answered, so it billed the call: it was charged at its"
+            " worst case (estimated) and not retried, since a retry would be billed again. Try again."
+        ),
+    )
+    cut.no_retry = cut.billed_unknown = True
+    cut.context.update(err.context)
+    return cut
+
 
 #: Called with each piece of text as a stream produces it.
 OnText = Callable[[str], Awaitable[None]]
@@ -157,14 +190,33 @@ class Provider(ABC):
         """Run one SDK call under the retry policy, converting SDK errors at this one boundary."""
 
         async def once() -> ProviderReply:
+            seen: list[int] = []
+            token = _ANSWERED.set(seen)
             try:
                 return await attempt()
-            except ProviderError:
-                raise
             except Exception as exc:
-                raise map_sdk_error(
-                    exc, provider=self.provider_name, model=model, known_models=self.supported_models
-                ) from exc
+                err: BotError
+                if isinstance(exc, ProviderError):
+                    err = exc
+                else:
+                    err = map_sdk_error(
+                        exc, provider=self.provider_name, model=model, known_models=self.supported_models
+                    )
+                # Answered 2xx, then the body broke before it was whole: the provider billed
+                # this attempt. Not retried (that would pay twice); charged its hold, flagged.
+                if (
+                    isinstance(err, ProviderError)
+                    and seen
+                    and 200 <= seen[-1] < 300
+                    and err.partial is None
+                    and not err.billed_unknown
+                ):
+                    raise _billed_then_cut(err, self.provider_name) from exc
+                if err is exc:
+                    raise
+                raise err from exc
+            finally:
+                _ANSWERED.reset(token)
 
         return await with_retries(once, self.retry)
 

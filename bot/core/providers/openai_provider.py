@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bot.core.errors import ConfigurationError, ProviderConnectionError, ProviderError
-from bot.core.providers.base import ChatRequest, Provider, ProviderReply
+from bot.core.providers.base import ChatRequest, Provider, ProviderReply, note_response
 from bot.core.providers.errors import map_sdk_error
+from bot.core.providers.usage_fields import billed_usage
 from bot.core.tokens import count_chat_tokens
 from bot.core.types import Message, TokenCount, Usage
 
@@ -22,19 +23,8 @@ _CHAT_OPTIONS: Any = {"security": {"bearer_auth": True}}
 
 
 def usage_from_openai(raw: Any) -> Usage | None:
-    """Convert OpenAI's ``usage`` (prompt tokens *include* cached ones) to our ``Usage``."""
-    if raw is None:
-        return None
-    prompt_details = getattr(raw, "prompt_tokens_details", None)
-    completion_details = getattr(raw, "completion_tokens_details", None)
-    return Usage(
-        input_tokens=raw.prompt_tokens or 0,
-        output_tokens=raw.completion_tokens or 0,
-        cache_read_tokens=(getattr(prompt_details, "cached_tokens", None) or 0) if prompt_details else 0,
-        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", None) or 0)
-        if completion_details
-        else 0,
-    )
+    """OpenAI's ``usage`` (prompt tokens *include* cached ones) as billed (``usage_fields``)."""
+    return billed_usage(raw, "openai", "chat")
 
 
 class OpenAIProvider(Provider):
@@ -61,6 +51,9 @@ class OpenAIProvider(Provider):
                 base_url=self.base_url,
                 timeout=self.config.timeout_seconds,
                 max_retries=0,  # our own retry policy applies (see providers/retry.py)
+                # The SDK's own client, plus a hook that notes each answer's status: a 2xx whose
+                # body then breaks was billed (``Provider._with_policy``).
+                http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [note_response]}),
             )
         return self._client
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.core.ledger.drivers import MakeTx, drive_async
+from bot.core.ledger.outage import translated
 from bot.core.ledger.transactions import Result, Run
 
 __all__ = ["PG_CONCURRENT_WRITES", "PostgresWriter"]
@@ -45,9 +46,12 @@ class PostgresWriter:
         self.gate = asyncio.Semaphore(PG_CONCURRENT_WRITES)
 
     async def run(self, make_tx: MakeTx[T], *, durable: bool = True) -> T:
-        """Run one transaction, committed when this returns (``durable`` changes nothing here)."""
-        async with self.gate, self._engine.begin() as conn:
-            return await drive_async(make_tx(), lambda run: _execute(conn, run))
+        """Run one transaction, committed when this returns (``durable`` changes nothing here).
+
+        A database that cannot be reached raises ``LedgerUnavailable`` (``outage``)."""
+        with translated():
+            async with self.gate, self._engine.begin() as conn:
+                return await drive_async(make_tx(), lambda run: _execute(conn, run))
 
     def write_now(self, make_tx: MakeTx[T]) -> None:
         """Never: every transaction commits on its own."""

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Dialect
 
 from bot.core.ledger.drivers import MakeTx, drive
 from bot.core.ledger.drivers.sqlite_batch import LoopBatches
+from bot.core.ledger.outage import translated
 from bot.core.ledger.transactions import Result, Run
 
 __all__ = ["Compiled", "SqliteWriter"]
@@ -127,7 +128,11 @@ class SqliteWriter:
     async def run(self, make_tx: MakeTx[T], *, durable: bool = True) -> T:
         """Run one transaction; ``durable``: return only once committed (else, on the loop, it
         commits at the start of the next loop turn; see ``sqlite_batch`` for why a reserve may
-        return before)."""
+        return before). A file that cannot be opened or written raises ``LedgerUnavailable``."""
+        with translated():
+            return await self._run(make_tx, durable)
+
+    async def _run(self, make_tx: MakeTx[T], durable: bool) -> T:
         if self.batches is not None:
             if await self.batches.begin(self.gate):
                 written: tuple[T, asyncio.Future[None]] = self.batches.write(
