@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.logging_setup import REFUSAL_SCOPE_KEY
 
-__all__ = ["DEFAULT_BODY_LIMIT", "BodyLimit", "BodyTooLargeError"]
+__all__ = ["DEFAULT_BODY_LIMIT", "BodyLimit", "BodyTooLargeError", "send_refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,18 @@ async def _too_large(scope: Scope, send: Send, limit: int, declared: int | None)
 
 async def _answer(scope: Scope, send: Send, status: int, message: str, hint: str | None = None) -> None:
     """A JSON refusal that closes the connection (the unread body is never drained)."""
+    await send_refusal(
+        scope, send, status, "request body too large" if status == 413 else "bad request", message, hint
+    )
+
+
+async def send_refusal(
+    scope: Scope, send: Send, status: int, error: str, message: str, hint: str | None = None
+) -> None:
+    """Answer ``status`` with a JSON ``{error, message, hint}`` and close the connection (what
+    is left of the request body is never read); the log line gets ``message`` as its reason."""
     scope[REFUSAL_SCOPE_KEY] = message
-    payload = {"error": "request body too large" if status == 413 else "bad request", "message": message}
+    payload = {"error": error, "message": message}
     if hint:
         payload["hint"] = hint
     body = json.dumps(payload).encode()

@@ -38,6 +38,7 @@ import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from bot.body_limit import send_refusal
 from bot.logging_setup import REFUSAL_SCOPE_KEY
 
 __all__ = ["BodyTimeout", "BodyTimeoutError", "connection_timeouts", "header_timeout_protocol"]
@@ -228,18 +229,7 @@ class BodyTimeout:
             hint = "Send the whole body promptly; this server closes slow requests (BOT_BODY_TIMEOUT)."
             if self.on_timeout is not None:
                 self.on_timeout("body")
-        scope[REFUSAL_SCOPE_KEY] = why
-        body = _refusal("shutting down" if read.draining else "request timeout", why, hint)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await send_refusal(
+            scope, send, status, "shutting down" if read.draining else "request timeout", why, hint
         )
-        await send({"type": "http.response.body", "body": body})
         raise BodyTimeoutError(why)

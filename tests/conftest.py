@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,20 @@ async def factory(fake_env: dict[str, str]) -> AsyncIterator[SessionFactory]:
     """A session factory whose providers talk to the fake."""
     async with SessionFactory(fast_config(), env=fake_env) as f:
         yield f
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty ledger database: a SQLite file, or the PostgreSQL test database (skipped without
+    a DSN)."""
+    from tests.ledger.conftest import PG_DSN, SKIP_PG, drop_ledger_tables
+
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    if not PG_DSN:
+        pytest.skip(SKIP_PG)
+    await drop_ledger_tables(PG_DSN)
+    return PG_DSN
 
 
 def pytest_report_header() -> str:

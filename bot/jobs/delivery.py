@@ -28,6 +28,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.config import JobsConfig, Period
+from bot.core.errors import LedgerUnavailable
 from bot.core.ledger import Alert, Ledger, period_bounds
 from bot.core.types import CallRecord
 from bot.slack.formatting import progress_bar, usd
@@ -236,6 +237,9 @@ class AlertPushObserver:
     async def _push(self, ids: list[int]) -> int:
         try:
             return await self._delivery.deliver_ids(ids)
+        except LedgerUnavailable as exc:  # an outage, not a bug; the periodic job delivers them later
+            log.warning("immediate alert push skipped: %s", exc.cause)
+            return 0
         except Exception:  # the periodic job will deliver them
             log.exception("immediate alert push failed")
             return 0

@@ -218,5 +218,7 @@ class JobRunner:
                     continue
                 await self._ledger.outbox.finish_run("report", run_key)
                 return
+        except LedgerUnavailable as exc:  # an outage, not a bug: one line, /readyz says the rest
+            log.warning("the %s report job skipped: %s", period, exc.cause)
         except Exception:
             log.exception("the %s report job failed", period)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ from bot.core.pricing import Pricer
 from bot.core.types import Usage
 from tests.conftest import fast_config
 from tests.fakes.upstream import FakeUpstream
-from tests.ledger.conftest import PG_DSN, SKIP_PG, drop_ledger_tables, undelivered_alerts
+from tests.ledger.conftest import undelivered_alerts
 
 CHAT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
@@ -36,16 +35,6 @@ def billed_cost(output_tokens: int) -> Decimal:
     return Pricer().cost(
         MODEL, "openai", "openai", Usage(input_tokens=BILLED_INPUT, output_tokens=output_tokens)
     )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    if not PG_DSN:
-        pytest.skip(SKIP_PG)
-    await drop_ledger_tables(PG_DSN)
-    return PG_DSN
 
 
 async def open_gateway(url: str, limit: Decimal, fake_env: dict[str, str]) -> Gateway:
@@ -79,9 +68,9 @@ async def wave(gateway: Gateway, calls: int) -> tuple[list[ChatResult], list[Bud
 
 
 async def test_overbilling_is_charged_bounded_by_the_calls_in_flight_then_refused_and_alerted(
-    database_url: str, overbilling: FakeUpstream, fake_env: dict[str, str]
+    db_url: str, overbilling: FakeUpstream, fake_env: dict[str, str]
 ) -> None:
-    async with await open_gateway(database_url, billed_cost(MAX_TOKENS) * 6, fake_env) as gateway:
+    async with await open_gateway(db_url, billed_cost(MAX_TOKENS) * 6, fake_env) as gateway:
         assert gateway.ledger is not None
         hold = (await gateway.generate(ALICE, "x", model=MODEL, max_tokens=MAX_TOKENS, dry_run=True)).cost_usd
         assert hold < billed_cost(0)  # the hold is what we counted: far below the bill
@@ -111,10 +100,10 @@ async def test_overbilling_is_charged_bounded_by_the_calls_in_flight_then_refuse
 
 
 async def test_after_one_overbilled_reply_holds_cover_the_bill_and_the_budget_holds(
-    database_url: str, overbilling: FakeUpstream, fake_env: dict[str, str]
+    db_url: str, overbilling: FakeUpstream, fake_env: dict[str, str]
 ) -> None:
     limit = billed_cost(MAX_TOKENS) * Decimal("5.5")
-    async with await open_gateway(database_url, limit, fake_env) as gateway:
+    async with await open_gateway(db_url, limit, fake_env) as gateway:
         assert gateway.ledger is not None
         first = await gateway.generate(ALICE, "x", model=MODEL, max_tokens=MAX_TOKENS)
         assert first.cost_usd == billed_cost(first.usage.output_tokens)

@@ -20,7 +20,7 @@ from bot.core.types import Principal
 from bot.jobs import JobRunner
 from tests.conftest import fast_config
 from tests.fakes.slack_api import FakeSlackApi
-from tests.ledger.conftest import PG_DSN, SKIP_PG, FakeClock, drop_ledger_tables, record
+from tests.ledger.conftest import FakeClock, record
 
 BOT_TOKEN = "xoxb-jobs-token"
 #: Wednesday 2026-11-18 12:00 UTC: mid-week, mid-month.
@@ -43,17 +43,6 @@ def slack_api(jobs_slack_server: FakeSlackApi) -> Iterator[FakeSlackApi]:
     jobs_slack_server.reset()
     yield jobs_slack_server
     jobs_slack_server.reset()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """An empty ledger database: a SQLite file, or the PostgreSQL test database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/jobs.db"
-    if not PG_DSN:
-        pytest.skip(SKIP_PG)
-    await drop_ledger_tables(PG_DSN)
-    return PG_DSN
 
 
 @pytest.fixture

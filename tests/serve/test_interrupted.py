@@ -17,12 +17,10 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
-
 from bot.core.config import BudgetConfig, DatabaseConfig
 from bot.core.ledger import Ledger
 from tests.fakes.upstream import FakeUpstream
-from tests.ledger.conftest import PG_DSN, SKIP_PG, drop_ledger_tables, fetch
+from tests.ledger.conftest import fetch
 from tests.mcp.conftest import TOKENS, http_client
 
 from .conftest import serve_env, start
@@ -43,22 +41,12 @@ budgets:
 """
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    if not PG_DSN:
-        pytest.skip(SKIP_PG)
-    await drop_ledger_tables(PG_DSN)
-    return PG_DSN
-
-
 async def test_calls_in_flight_at_a_sigkill_become_interrupted_calls_charged_their_holds(
-    tmp_path: Path, fake: FakeUpstream, fake_env: dict[str, str], database_url: str
+    tmp_path: Path, fake: FakeUpstream, fake_env: dict[str, str], db_url: str
 ) -> None:
     env = serve_env(tmp_path, fake_env, None)
     (tmp_path / "config.yaml").write_text(CONFIG_YAML)
-    env["BOT_DATABASE_URL"] = database_url
+    env["BOT_DATABASE_URL"] = db_url
     fake.latency = 60  # the upstream is working on every call when the server dies
     server = start(tmp_path, env)
     server.wait_ready()
@@ -86,7 +74,7 @@ async def test_calls_in_flight_at_a_sigkill_become_interrupted_calls_charged_the
     fake.latency = 0
 
     budgets = [BudgetConfig(name="everything", limit_usd=Decimal(10))]
-    ledger = await Ledger.open(DatabaseConfig(url=database_url, reservation_ttl_seconds=TTL), budgets)
+    ledger = await Ledger.open(DatabaseConfig(url=db_url, reservation_ttl_seconds=TTL), budgets)
     try:
         held = await fetch(ledger, "SELECT request_id, amount_nano_usd FROM holds ORDER BY request_id")
         assert len(held) == IN_FLIGHT and await fetch(ledger, "SELECT * FROM calls") == []
@@ -99,7 +87,7 @@ async def test_calls_in_flight_at_a_sigkill_become_interrupted_calls_charged_the
     again.wait_ready()
     assert again.stop() == 0
 
-    ledger = await Ledger.open(DatabaseConfig(url=database_url, reservation_ttl_seconds=TTL), budgets)
+    ledger = await Ledger.open(DatabaseConfig(url=db_url, reservation_ttl_seconds=TTL), budgets)
     try:
         rows = await fetch(
             ledger,
