@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from bot.cli_budget import add_parsers as add_budget_parsers
+from bot.cli_budget import run_budget, run_calls
+from bot.cli_tokens import add_parser as add_tokens_parser
+from bot.cli_tokens import add_person_flags, person_from
+from bot.cli_tokens import run as run_tokens
 from bot.core.errors import (
     USER_ERRORS,
     LedgerUnavailable,
@@ -41,16 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--dry-run", action="store_true", help="estimate tokens and worst-case cost only")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_person_flags(gen, "charge this person's per-user budgets instead of the CLI user 'local'")
 
     models = sub.add_parser("models", help="list the models you can use, with prices per million tokens")
     models.add_argument("--provider", help="only this provider")
     models.add_argument("--json", action="store_true")
 
-    budget = sub.add_parser("budget", help="show every budget that applies to you")
-    budget.add_argument("--json", action="store_true")
+    add_budget_parsers(sub)
 
     mcp = sub.add_parser("mcp", help="serve the MCP tools (stdio by default, or Streamable HTTP)")
-    mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP at /mcp (needs mcp.clients)")
+    mcp.add_argument(
+        "--http", action="store_true", help="serve Streamable HTTP at /mcp (personal or mcp.clients tokens)"
+    )
     mcp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
     mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
 
@@ -59,11 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     slack.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000)")
 
     report = sub.add_parser("report", help="the spend report of the last complete day or week")
-    report.add_argument("--period", choices=["day", "week"], default="day", help="day (default) or week")
+    report.add_argument(
+        "--period", choices=["day", "week", "today"], default="day",
+        help="day (yesterday, the default), week (last week) or today (so far)",
+    )  # fmt: skip
     report.add_argument(
         "--post", action="store_true", help="post it to jobs.report_channels (needs SLACK_BOT_TOKEN)"
     )
     report.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    add_tokens_parser(sub)
 
     serve = sub.add_parser(
         "serve", help="serve everything on one port: Slack, MCP over HTTP, health, metrics"
@@ -88,8 +100,9 @@ async def _generate(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    user, team = person_from(args)
     async with build_core() as core:
-        session = core.sessions.create(principal=Principal.cli())
+        session = core.sessions.create(principal=Principal.cli(user or "local", team))
         async with session:
             result = await session.chat(
                 prompt,
@@ -121,7 +134,7 @@ async def _models(args: argparse.Namespace) -> int:
     from bot.app import build_core
 
     async with build_core(with_ledger=False) as core:
-        rows = await core.sessions.list_models(args.provider)
+        rows = await core.list_models(args.provider)
     if args.json:
         print(json.dumps([{**info.to_dict(), "key_configured": has_key} for info, has_key in rows], indent=2))
         return 0
@@ -130,26 +143,6 @@ async def _models(args: argparse.Namespace) -> int:
         print(
             f"{info.name:40} {info.provider:12} {_money(info.input_per_mtok):>9} {_money(info.output_per_mtok):>9} "
             f"{_money(info.cache_read_per_mtok):>8} {info.context_window or '-':>8}  {'yes' if has_key else 'no'}"
-        )
-    return 0
-
-
-async def _budget(args: argparse.Namespace) -> int:
-    from bot.app import build_core
-    from bot.core.types import Principal
-
-    async with build_core() as core:
-        statuses = await core.budget_status(Principal.cli())
-    if args.json:
-        print(json.dumps([s.to_dict() for s in statuses], indent=2))
-        return 0
-    if not statuses:
-        print("no budgets are configured (add them under `budgets:` in config)")
-    for s in statuses:
-        resets = f", resets {s.resets_at.isoformat()}" if s.resets_at else ""
-        print(
-            f"{s.name:24} {s.period:8} spent ${s.spent} of ${s.limit} "
-            f"({s.fraction_used * 100:.1f}%), ${s.remaining} left{resets}"
         )
     return 0
 
@@ -208,11 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers: dict[str, Any] = {
         "generate": _generate,
         "models": _models,
-        "budget": _budget,
+        "budget": run_budget,
+        "calls": run_calls,
         "mcp": _mcp,
         "slack": _slack,
         "report": _report,
         "serve": _serve,
+        "tokens": run_tokens,
     }
     try:
         return int(asyncio.run(handlers[args.command](args)))

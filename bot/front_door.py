@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from bot.connect import claude_mcp_add
 from bot.core.config import AppConfig
 from bot.core.gateway import Gateway
 
@@ -64,7 +65,8 @@ class FrontDoor:
         return cls(
             slack=slack_settings is not None,
             socket_mode=bool(slack_settings is not None and slack_settings.app_token),
-            mcp=bool(config.mcp.clients),
+            # Personal tokens live in the ledger, so with one MCP is usable without any config client.
+            mcp=bool(config.mcp.clients) or gateway.has_ledger,
             providers=keyed,
             ledger=_ledger_kind(config.database.url) if gateway.has_ledger else "none",
         )
@@ -87,7 +89,9 @@ def _rows(door: FrontDoor) -> Iterable[str]:
     else:
         yield _row("Slack", False, "set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET to turn it on")
     if door.mcp:
-        yield _row("MCP", True, "Streamable HTTP, one bearer token per client")
+        yield _row(
+            "MCP", True, "Streamable HTTP: a personal token (/mcp-token in Slack) or a shared client's token"
+        )
     else:
         yield _row("MCP", False, "add bearer tokens under mcp.clients in the BOT_CONFIG file")
     names = ", ".join(escape(name) for name in door.providers)
@@ -99,9 +103,7 @@ def render(door: FrontDoor, base_url: str) -> str:
     """The whole page for a server reached at ``base_url`` (scheme and host, no trailing slash)."""
     base = base_url.rstrip("/")
     mcp_url, slack_url = f"{base}/mcp", f"{base}/slack/events"
-    claude = (
-        f'claude mcp add --transport http llm-gateway {mcp_url} --header "Authorization: Bearer YOUR_TOKEN"'
-    )
+    claude = claude_mcp_add(base, "YOUR_TOKEN")
     connect = [
         "<h2>Connect</h2>",
         f"<p><b>Slack</b> request URL (slash commands and events): <code>{escape(slack_url)}</code>"
@@ -110,7 +112,8 @@ def render(door: FrontDoor, base_url: str) -> str:
         f"<p><b>MCP</b> endpoint: <code>{escape(mcp_url)}</code>"
         + ("" if door.mcp else " <span class='hint'>(once MCP is on)</span>")
         + "</p>",
-        "<p>Claude Code, with the token your administrator gave you:</p>",
+        "<p>Claude Code, with your personal token (<code>/mcp-token</code> in Slack answers with this "
+        "line filled in, shown only to you; an operator runs <code>bot tokens create</code>):</p>",
         f"<pre>{escape(claude)}</pre>",
     ]
     return "\n".join(

@@ -1,7 +1,7 @@
 """``bot serve``: one process, one port, every face, built from one composition root.
 
 Routes: ``/slack/events`` (when ``SLACK_BOT_TOKEN`` and ``SLACK_SIGNING_SECRET`` are set), ``/mcp``
-(when ``mcp.clients`` has tokens), ``/healthz``, ``/readyz`` (``bot/readiness.py``, which also warms
+(always: personal tokens and ``mcp.clients``' tokens; 401 with how to get one otherwise), ``/healthz``, ``/readyz`` (``bot/readiness.py``, which also warms
 and watches the providers in the background) and ``/metrics``. Shutdown on SIGTERM
 or SIGINT drains: readiness and new requests answer 503 at once, calls in flight (HTTP requests
 and Slack generations running after their ack) get up to the grace period to finish and settle
@@ -196,7 +196,8 @@ def build_app(
     """The whole server as one ASGI app, and the state its drain and routes share.
 
     ``slack_settings`` (a ``SlackSettings``) enables ``/slack/events``, plus Socket Mode when it has
-    an app token; ``config.mcp.clients`` enables ``/mcp``. ``services`` start after the faces and
+    an app token; ``/mcp`` is always served (bearer tokens: ``config.mcp.clients`` and the
+    ledger's personal tokens). ``services`` start after the faces and
     stop before the gateway closes. Request bodies are limited before any route sees them
     (``bot.body_limit``): ``slack_body_limit`` bytes for Slack, the MCP SDK's limit for ``/mcp``,
     next to nothing elsewhere; a body must arrive within ``body_timeout`` seconds
@@ -224,13 +225,14 @@ def build_app(
         state.idle_waiters.append(slack_app.state.slack_commands.wait_idle)
         if slack_settings.app_token:
             lifespans.append(lambda: _socket_mode(gateway, slack_settings, state))
-    if config.mcp.clients:
-        from tools.mcp_server import MCP_BODY_LIMIT, mcp_http_app
+    # Always mounted, even with no client configured: a person's personal token needs no config,
+    # and a caller without a token is told how to get one (401) instead of a bare 404.
+    from tools.mcp_server import MCP_BODY_LIMIT, mcp_http_app
 
-        mcp_app = mcp_http_app(gateway, config.mcp)
-        routes += mcp_app.routes
-        body_limits["/mcp"] = MCP_BODY_LIMIT
-        lifespans.append(mcp_app.state.mcp_sessions.run)
+    mcp_app = mcp_http_app(gateway, config.mcp)
+    routes += mcp_app.routes
+    body_limits["/mcp"] = MCP_BODY_LIMIT
+    lifespans.append(mcp_app.state.mcp_sessions.run)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -252,6 +254,7 @@ def build_app(
                 stack.callback(freeze.cancel)
             if state.announce:
                 log.info(state.announce, extra={"startup_ms": round((time.monotonic() - state.t0) * 1000)})
+            await gateway.log_override_drift()  # an override never wins over the config silently
             yield
             log.info("stopping services and closing the faces")
 

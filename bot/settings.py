@@ -278,10 +278,10 @@ def startup_summary(settings: ServerSettings, config: AppConfig, gateway: Gatewa
         parts.append("Slack on (/slack/events and Socket Mode)")
     else:
         parts.append("Slack on (/slack/events; set SLACK_APP_TOKEN for Socket Mode)")
-    if config.mcp.clients:
-        parts.append(f"MCP over HTTP on (/mcp, {len(config.mcp.clients)} clients)")
-    else:
-        parts.append("MCP over HTTP off (add bearer tokens under mcp.clients in the BOT_CONFIG file)")
+    clients = f"{len(config.mcp.clients)} config clients" if config.mcp.clients else "no config clients"
+    parts.append(
+        f"MCP over HTTP on (/mcp: personal tokens from /mcp-token in Slack or `bot tokens create`, {clients})"
+    )
     parts.append(f"ledger {db}")
     parts.append(
         f"providers with keys: {', '.join(keyed)}"

@@ -35,12 +35,14 @@ from bot.logging_setup import REFUSAL_SCOPE_KEY
 __all__ = ["ClientSessions", "SessionCapReachedError", "authenticated_user"]
 
 
-def authenticated_user(client: str) -> AuthenticatedUser:
+def authenticated_user(client: str, subject: str | None = None) -> AuthenticatedUser:
     """The ``scope["user"]`` the SDK binds sessions to: the client's name, and no secret.
 
-    The SDK compares ``(client_id, issuer, subject)``; the token itself is never stored here.
+    The SDK compares ``(client_id, issuer, subject)``; the token itself is never stored here. A
+    personal token passes its id as ``subject`` (and a client name naming that token), so its
+    sessions are its own and capped on their own.
     """
-    return AuthenticatedUser(AccessToken(token="", client_id=client, scopes=[]))
+    return AuthenticatedUser(AccessToken(token="", client_id=client, scopes=[], subject=subject))
 
 
 class SessionCapReachedError(Exception):

@@ -1,8 +1,9 @@
 """The MCP tools: ``generate``, ``budget_status`` and ``list_models`` over the core's ``Gateway``.
 
 The tools never take the caller's identity from their arguments: a server middleware puts the
-client name (the stdio client, or the one the HTTP bearer token named) in a context variable for
-the duration of each request, and every tool builds its ``Principal`` from that alone.
+caller's ``Principal`` (the stdio client; over HTTP, the config client or the person behind the
+personal token the bearer token named) in a context variable for the duration of each request,
+and every tool charges that principal alone.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from pydantic import BaseModel, Field
 
 from bot.core.config import McpConfig
 from bot.core.errors import USER_ERRORS
+from bot.core.face_words import in_words_of
 from bot.core.gateway import Gateway, tightest
 from bot.core.ledger import BudgetStatus
 from bot.core.types import ChatResult, Principal
+from tools.mcp_errors import plain_argument_errors
 
 __all__ = [
     "CLIENT_SCOPE_KEY",
+    "PRINCIPAL_SCOPE_KEY",
     "BudgetEntry",
     "BudgetStatusResult",
     "GenerateResult",
@@ -34,15 +38,19 @@ __all__ = [
     "TokenUsage",
     "build_mcp_server",
     "current_client",
+    "current_principal",
 ]
 
 #: ASGI scope key under which the HTTP auth middleware stores the authenticated client name.
 CLIENT_SCOPE_KEY = "bot.mcp_client"
+#: ASGI scope key under which it stores the ``Principal`` the request is charged to (for a
+#: personal token: the person plus the token's name as the client).
+PRINCIPAL_SCOPE_KEY = "bot.mcp_principal"
 
 #: Seconds between two progress notifications: enough to show life, few enough not to flood.
 PROGRESS_INTERVAL = 0.25
 
-_client: contextvars.ContextVar[str | None] = contextvars.ContextVar("bot_mcp_client", default=None)
+_caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("bot_mcp_caller", default=None)
 
 INSTRUCTIONS = (
     "A budget-guarded LLM gateway. `generate` runs a prompt on a model (OpenAI, Anthropic or a "
@@ -51,9 +59,15 @@ INSTRUCTIONS = (
 )
 
 
+def current_principal() -> Principal | None:
+    """Whom the request being served is charged to, or None outside an authenticated request."""
+    return _caller.get()
+
+
 def current_client() -> str | None:
     """The client name of the request being served, or None outside an authenticated request."""
-    return _client.get()
+    caller = _caller.get()
+    return None if caller is None else caller.client_id
 
 
 # -- structured results ------------------------------------------------------------------------
@@ -104,6 +118,8 @@ class BudgetEntry(BaseModel):
     fraction_used: float
     resets_at: str | None = Field(description="ISO 8601 time the period ends; null for `total` budgets.")
     projected_spend_usd: str | None
+    config_limit_usd: str | None = Field(description="The config file's limit (limit_usd without override).")
+    limit_source: str | None = Field(description="Who set limit_usd, when, via which face (null: config).")
 
 
 class BudgetStatusResult(BaseModel):
@@ -153,6 +169,8 @@ def _budget_entry(status: BudgetStatus) -> BudgetEntry:
         fraction_used=status.fraction_used,
         resets_at=None if status.resets_at is None else status.resets_at.isoformat(),
         projected_spend_usd=_money(status.projected_spend),
+        config_limit_usd=_money(status.config_limit),
+        limit_source=None if status.override is None else status.override.source,
     )
 
 
@@ -170,10 +188,10 @@ class _Budgets:
 
 
 def _principal() -> Principal:
-    client = current_client()
-    if client is None:  # fail closed: never guess who is paying
+    principal = current_principal()
+    if principal is None:  # fail closed: never guess who is paying
         raise ToolError("This request is not authenticated. Send 'Authorization: Bearer <token>'.")
-    return Principal(surface="mcp", client_id=client)
+    return principal
 
 
 async def _budgets(gateway: Gateway, principal: Principal) -> _Budgets:
@@ -268,19 +286,21 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
     async def identify(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         # Middleware wraps the handler in the same task, so the context variable is seen by the
         # tool and the resource alike (a static resource cannot receive a Context).
+        caller: Principal | None
         if http:
             request = ctx.request
             scope = getattr(request, "scope", None) or {}
-            client = scope.get(CLIENT_SCOPE_KEY)
+            caller = scope.get(PRINCIPAL_SCOPE_KEY)
         else:
-            client = config.stdio_client
-        token = _client.set(client)
+            caller = Principal(surface="mcp", client_id=config.stdio_client)
+        token = _caller.set(caller)
         try:
             return await call_next(ctx)
         finally:
-            _client.reset(token)
+            _caller.reset(token)
 
     server.middleware.append(identify)
+    server.middleware.append(plain_argument_errors(server))  # one sentence per bad argument
 
     @server.tool(
         title="Generate text (charged to your budget)",
@@ -313,7 +333,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
             )
             budgets = await _budgets(gateway, principal)
         except USER_ERRORS as err:
-            raise ToolError(str(err)) from err
+            raise ToolError(in_words_of(err, "mcp")) from err
         return _generate_result(result, budgets)
 
     @server.tool(
@@ -328,7 +348,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
         try:
             budgets = await _budgets(gateway, principal)
         except USER_ERRORS as err:
-            raise ToolError(str(err)) from err
+            raise ToolError(in_words_of(err, "mcp")) from err
         return BudgetStatusResult(
             client=principal.client_id or "",
             budgets=budgets.entries,
@@ -347,7 +367,7 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
         try:
             rows = await gateway.list_models(provider)
         except USER_ERRORS as err:
-            raise ToolError(str(err)) from err
+            raise ToolError(in_words_of(err, "mcp")) from err
         return ModelListResult(
             models=[
                 ModelEntry(
@@ -372,16 +392,17 @@ def build_mcp_server(gateway: Gateway, config: McpConfig, *, http: bool = False)
         mime_type="application/json",
     )
     async def my_budgets() -> str:
-        client = current_client()
-        if client is None:
+        principal = current_principal()
+        if principal is None:
             raise ResourceError("This request is not authenticated. Send 'Authorization: Bearer <token>'.")
-        principal = Principal(surface="mcp", client_id=client)
         try:
             budgets = await _budgets(gateway, principal)
         except USER_ERRORS as err:
-            raise ResourceError(str(err)) from err
+            raise ResourceError(in_words_of(err, "mcp")) from err
         result = BudgetStatusResult(
-            client=client, budgets=budgets.entries, remaining_budget_usd=budgets.remaining_usd
+            client=principal.client_id or "",
+            budgets=budgets.entries,
+            remaining_budget_usd=budgets.remaining_usd,
         )
         return result.model_dump_json(indent=2)
 

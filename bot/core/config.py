@@ -125,7 +125,8 @@ class BudgetConfig(_Strict):
     #: The scope key this budget covers; ``None`` means "each key of this scope separately"
     #: (``scope: user`` with no key gives every user their own budget of this size).
     key: str | None = None
-    limit_usd: Decimal = Field(gt=0)
+    #: At most ``bot.core.amounts.MAX_LIMIT_USD`` (a billion dollars: more is a typo).
+    limit_usd: Decimal = Field(gt=0, le=Decimal(1_000_000_000))
     period: Period = "monthly"
     alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
     #: Slack channel that hears about this budget's alerts.
@@ -258,7 +259,19 @@ class AppConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"budget names must be unique; repeated: {', '.join(dupes)}")
+        self._check_budget_keys()
         return self
+
+    def _check_budget_keys(self) -> None:
+        # A key the ledger can never see (a channel's name, a user without the form the ledger
+        # keys users by) would leave its budget silently unapplied: refuse it at start-up.
+        from bot.core.budget_keys import config_key_problem
+
+        clients = {*self.mcp.clients, self.mcp.stdio_client}
+        for i, budget in enumerate(self.budgets):
+            problem = config_key_problem(budget.scope, budget.key, clients=clients, providers=self.providers)
+            if problem is not None:
+                raise ValueError(f"budgets.{i}.key (budget '{budget.name}', scope {budget.scope}): {problem}")
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -359,12 +372,13 @@ def _config_error(exc: pydantic.ValidationError, source: str) -> ConfigurationEr
     problems = []
     first_field = None
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in err["loc"])
         first_field = first_field or field
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting; check its spelling against config/config.yaml.example"
-        problems.append(f"{field}: {msg}")
+        # A cross-field check names its own fields in its message.
+        problems.append(f"{field}: {msg}" if field else msg)
     return ConfigurationError(
         "; ".join(problems),
         source=source,

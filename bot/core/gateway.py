@@ -17,10 +17,13 @@ from types import TracebackType
 from typing import Self
 from zoneinfo import ZoneInfo
 
-from bot.core.config import AppConfig, Period
-from bot.core.errors import ConfigurationError
+from bot.core import budget_admin
+from bot.core.amounts import parse_limit
+from bot.core.config import AppConfig, BudgetConfig, Period
+from bot.core.errors import ConfigurationError, ValidationError
 from bot.core.factory import SessionFactory
-from bot.core.ledger import BudgetStatus, Ledger, SpendRow, period_bounds
+from bot.core.ledger import BudgetStatus, CallEntry, Ledger, Override, SpendRow, period_bounds
+from bot.core.people import IssuedToken, People, PersonalToken
 from bot.core.providers import OnText
 from bot.core.session import Addon, CallObserver
 from bot.core.types import ChatResult, ModelInfo, Principal
@@ -146,13 +149,147 @@ class Gateway:
             by_user=await ledger.spend_by_user(start, end), by_model=await ledger.spend_by_model(start, end)
         )
 
-    async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
+    def budget_target(self, target: str) -> tuple[str, str | None]:
+        """``NAME[:KEY]`` as an admin writes it, split into the budget's name and the key."""
+        return budget_admin.split_target(target, self.config.budgets)
+
+    async def _override_key(
+        self, ledger: Ledger, name: str, scope_key: str | None, team: str | None
+    ) -> tuple[BudgetConfig, str, list[str]]:
+        budget = next((b for b in self.config.budgets if b.name == name), None)
+        if budget is None:
+            raise budget_admin.unknown_budget(name, self.config.budgets)
+        known = await ledger.known_keys(name, limit=50)
+        # Clients with spend count too: a personal token's name is a client no config lists.
+        clients = {*self.config.mcp.clients, self.config.mcp.stdio_client, *known}
+        key = budget_admin.resolve_key(
+            budget, scope_key, team=team, known=known, clients=clients, providers=self.config.providers
+        )
+        return budget, key, known
+
+    async def set_budget_limit(
+        self,
+        name: str,
+        scope_key: str | None,
+        limit: Decimal | str,
+        *,
+        by: str | None = None,
+        via: str | None = None,
+        team: str | None = None,
+    ) -> budget_admin.LimitChange:
         """Override budget ``name``'s limit persistently and apply it to the current period.
 
-        ``scope_key`` picks one key of a per-key budget (e.g. ``T1:U2``); None overrides every key.
-        Raises ``ConfigurationError`` for an unknown budget, or without a ledger (see ``has_ledger``).
+        ``scope_key`` picks one key of a per-key budget (``T1:U2``; a bare Slack user ``U2`` is
+        completed with ``team``, the admin's own); None overrides every key (or the budget's one
+        configured key). ``limit`` may be the text the admin typed (``$0.50``, ``1e9``). ``by`` and
+        ``via`` record who set it and through which face. Raises ``ConfigurationError`` for an
+        unknown budget or without a ledger (see ``has_ledger``), ``ValidationError`` for an amount
+        out of range or a key that could never match (naming the forms that work).
         """
-        await self._require_ledger("budgets cannot be changed").set_budget_limit(name, scope_key, limit)
+        ledger = self._require_ledger("budgets cannot be changed")
+        amount = parse_limit(limit)
+        budget, key, known = await self._override_key(ledger, name, scope_key, team)
+        before = {(o.budget, o.scope_key): o for o in await ledger.overrides()}
+        await ledger.set_budget_limit(name, key, amount, set_by=by, set_via=via)
+        notes = budget_admin.shadow_notes(budget, key, list(before.values()))
+        if key != "*" and key not in known:
+            notes.append(
+                f"no call from {budget.scope} {key} is recorded yet; the limit applies from its first"
+            )
+        return budget_admin.LimitChange(
+            name, budget.scope, key, amount, budget.limit_usd, before.get((name, key)), notes
+        )
+
+    async def unset_budget_limit(
+        self, name: str, scope_key: str | None, *, team: str | None = None
+    ) -> budget_admin.LimitChange:
+        """Remove an admin's override, so the config file's limit (or every key's override) applies.
+
+        Raises ``ValidationError`` naming the overrides that exist when there is none to remove.
+        """
+        ledger = self._require_ledger("budgets cannot be changed")
+        budget, key, _ = await self._override_key(ledger, name, scope_key, team)
+        before = {(o.budget, o.scope_key): o for o in await ledger.overrides()}
+        previous = before.get((name, key))
+        if previous is None and key == "*" and budget.key is not None:  # an older version's override
+            previous = next((o for o in before.values() if o.budget == name), None)
+        if previous is None or not await ledger.unset_budget_limit(name, key):
+            mine = [o.scope_key for o in before.values() if o.budget == name]
+            listed = ", ".join(name if k == "*" else f"{name}:{k}" for k in mine) or "none"
+            raise ValidationError(
+                [f"budget '{name}' has no override for {'every key' if key == '*' else key}."],
+                hint=f"Its overrides: {listed}.",
+            )
+        every = before.get((name, "*")) if key != "*" else None
+        limit = every.limit if every is not None else budget.limit_usd
+        return budget_admin.LimitChange(name, budget.scope, key, limit, budget.limit_usd, previous)
+
+    async def budget_overrides(self) -> list[Override]:
+        """Every admin override in the ledger, with who set it, when and through which face."""
+        return await self._require_ledger("no override is recorded").overrides()
+
+    async def log_override_drift(self) -> None:
+        """Log (warning) every override that makes a limit differ from the config file, with both
+        figures: run at start-up, so an override never wins silently."""
+        if self.ledger is None:
+            return
+        try:
+            overrides = await self.ledger.overrides()
+        except Exception:  # start-up goes on: readiness reports a ledger that does not answer
+            budget_admin.log.warning("could not read the budget overrides to compare them with config")
+            return
+        budget_admin.log_drift(self.config, overrides)
+
+    async def recent_calls(
+        self, *, since: datetime | None = None, caller: str | None = None, limit: int = 50
+    ) -> list[CallEntry]:
+        """The most recent calls, newest first (``bot calls``); ``caller`` is a user key (``T1:U2``),
+        a bare Slack user id, a CLI user's or an MCP client's name."""
+        ledger = self._require_ledger("no call is recorded")
+        await self.sessions.pending.flush()  # the calls that have answered are listed
+        return await ledger.recent_calls(since=since, caller=caller, limit=limit)
+
+    # -- personal MCP tokens (the rules of who may do what are in bot.core.people) -------------
+
+    def _people(self, what: str) -> People:
+        ledger = self._require_ledger(what)
+        return People(ledger.tokens, reserved_names=self.config.mcp.clients)
+
+    async def issue_token(
+        self,
+        asking: Principal,
+        *,
+        name: str | None = None,
+        user_id: str | None = None,
+        team_id: str | None = None,
+    ) -> IssuedToken:
+        """Make a personal MCP token: a Slack user's for themselves, the CLI's for anyone named.
+
+        The secret is in the result only (stored hashed). Raises ``TokenPermissionError``,
+        ``ValidationError`` (bad name, too many tokens), or ``ConfigurationError`` without a ledger.
+        """
+        people = self._people("personal tokens cannot be made")
+        return await people.issue(asking, name=name, user_id=user_id, team_id=team_id)
+
+    async def list_tokens(
+        self, asking: Principal, *, user_id: str | None = None, include_revoked: bool = False
+    ) -> list[PersonalToken]:
+        """The personal tokens ``asking`` may see (never their secrets), newest first."""
+        people = self._people("there are no personal tokens")
+        return await people.list(asking, user_id=user_id, include_revoked=include_revoked)
+
+    async def revoke_token(self, asking: Principal, token_id: str) -> PersonalToken:
+        """Revoke a personal token ``asking`` may manage; raises ``ValidationError`` if there is none."""
+        return await self._people("there are no personal tokens").revoke(asking, token_id)
+
+    async def check_token(self, secret: str) -> PersonalToken | None:
+        """The person behind a personal token's bearer secret, or None (unknown, revoked, no ledger).
+
+        ``bot.core.people.token_principal`` turns the answer into the principal its calls charge.
+        """
+        if self.ledger is None:
+            return None
+        return await self._people("").check(secret)
 
     def current_period(self, period: Period = "monthly") -> tuple[datetime, datetime]:
         """Start and end (UTC) of the current day/week/month in the configured time zone."""
@@ -163,7 +300,15 @@ class Gateway:
         return start, end
 
     async def list_models(self, provider: str | None = None) -> list[tuple[ModelInfo, bool]]:
-        """Usable models with whether their provider has a key."""
+        """Usable models with whether their provider has a key.
+
+        Raises ``ValidationError`` listing the known providers when ``provider`` is not one.
+        """
+        if provider is not None and provider not in self.config.providers:
+            raise ValidationError(
+                [f"unknown provider '{provider}'."],
+                hint=f"Known providers: {', '.join(sorted(self.config.providers)) or '(none)'}.",
+            )
         return await self.sessions.list_models(provider)
 
     async def close(self) -> None:

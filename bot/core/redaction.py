@@ -10,8 +10,8 @@ Two kinds of secret are masked:
 
 * shapes, wherever they appear, configured or not: OpenAI keys (``sk-…``, ``sk-proj-…``),
   Anthropic keys (``sk-ant-…``), Slack tokens (``xoxb-``, ``xoxp-``, ``xoxa-``, ``xoxe-``, …,
-  rotating ``xoxe.xoxb-…``, app-level ``xapp-…``), the token after ``Bearer``, and passwords
-  inside URLs (database DSNs);
+  rotating ``xoxe.xoxb-…``, app-level ``xapp-…``), personal MCP tokens (``gwp_…``), the token
+  after ``Bearer``, and passwords inside URLs (database DSNs);
 * exact values the caller knows are secret (configured keys and tokens), however they look.
 """
 
@@ -35,6 +35,7 @@ _PATTERNS = (
     # Slack bot / user / legacy / refresh tokens, and rotating ones ("xoxe.xoxb-…")
     re.compile(r"\bxox[a-z](?:\.xox[a-z])?-[A-Za-z0-9\-]+"),
     re.compile(r"\bxapp-[A-Za-z0-9\-]+"),  # Slack app-level tokens
+    re.compile(r"\bgwp_[A-Za-z0-9_\-]{16,}"),  # personal MCP tokens (bot.core.ledger.tokens)
     re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=\-]{12,}"),  # Authorization header values
     re.compile(r"(?i)(://[^:/\s@]+:)[^@\s/]+(@)"),  # passwords inside URLs (database DSNs)
 )

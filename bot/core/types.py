@@ -179,9 +179,10 @@ class Principal:
     client_id: str | None = None
 
     @classmethod
-    def cli(cls, user: str = "local") -> Principal:
-        """The principal of a command-line call."""
-        return cls(surface="cli", user_id=user)
+    def cli(cls, user: str = "local", team: str | None = None) -> Principal:
+        """The principal of a command-line call: ``local``, or a person (``--user``/``--team``),
+        whose per-user budget (``team:user``) is then charged as their Slack and MCP calls are."""
+        return cls(surface="cli", user_id=user, team_id=team or None)
 
     @property
     def label(self) -> str:

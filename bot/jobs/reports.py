@@ -1,9 +1,10 @@
-"""Spend reports: the figures of the last complete day or week, read from the ledger, as text,
-JSON or Block Kit, and a PNG chart of spend per day.
+"""Spend reports: the figures of the last complete day or week (or of today so far), read from
+the ledger, as text, JSON or Block Kit, and a PNG chart of spend per day.
 
-A report covers the last *complete* period in ``database.timezone`` (the daily report at 09:00
-covers yesterday; the weekly one on Monday covers last Monday to Sunday), so its figures never
-change once posted, and compares it with the period before.
+A scheduled report covers the last *complete* period in ``database.timezone`` (the daily report at
+09:00 covers yesterday; the weekly one on Monday covers last Monday to Sunday), so its figures
+never change once posted, and compares it with the period before. ``today`` (``bot report
+--period today``) covers today until now, compared with yesterday until the same time.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from bot.slack.formatting import usd
 
 __all__ = ["Report", "ReportPeriod", "build_report", "report_bounds"]
 
-ReportPeriod = Literal["day", "week"]
+ReportPeriod = Literal["day", "week", "today"]
 #: Days the chart shows, ending with the reported period.
-_CHART_DAYS = {"day": 7, "week": 14}
+_CHART_DAYS = {"day": 7, "week": 14, "today": 7}
 #: Rows listed per breakdown in a message (the JSON has them all).
 _TOP = 10
 Block = dict[str, Any]
@@ -33,12 +34,22 @@ def _calls(n: int) -> str:
     return f"{n} call" if n == 1 else f"{n} calls"
 
 
+def _counted(row: SpendRow) -> str:
+    """``12 calls`` or ``12 calls, 3 refused``: a refused call was never made, so never a call."""
+    return _calls(row.calls) + (f", {row.refused} refused" if row.refused else "")
+
+
 def _midnight(day: Any, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
 def report_bounds(period: ReportPeriod, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime, datetime]:
-    """``(previous_start, start, end)`` of the last complete ``period`` before ``now``, in UTC."""
+    """``(previous_start, start, end)`` of the last complete ``period`` before ``now``, in UTC;
+    for ``today``, of today until ``now`` (after yesterday's start)."""
+    if period == "today":
+        start, _ = period_bounds("daily", now, tz)
+        previous, _ = period_bounds("daily", start - timedelta(microseconds=1), tz)
+        return previous, start, now
     ledger_period: Period = "daily" if period == "day" else "weekly"
     end, _ = period_bounds(ledger_period, now, tz)
     start, _ = period_bounds(ledger_period, end - timedelta(microseconds=1), tz)
@@ -62,6 +73,9 @@ class Report:
     by_surface: list[SpendRow]
     #: Every day of the chart, oldest first, days without calls included at $0.
     by_day: list[SpendRow] = field(default_factory=list)
+    #: End of the compared range: ``start`` for a complete period; for ``today``, the same time
+    #: of day yesterday (so a morning is compared with a morning).
+    previous_end: datetime | None = None
 
     @property
     def change_usd(self) -> Decimal:
@@ -98,6 +112,7 @@ class Report:
             "previous_start": self.previous_start.isoformat(),
             "total_usd": str(self.totals.cost_usd),
             "calls": self.totals.calls,
+            "refused": self.totals.refused,
             "previous_total_usd": str(self.previous.cost_usd),
             "change_usd": str(self.change_usd),
             "change_pct": None if pct is None else round(pct, 2),
@@ -112,11 +127,12 @@ class Report:
         pct = self.change_pct
         sign = "+" if self.change_usd >= 0 else "-"
         rel = "" if pct is None else f", {pct:+.0f}%"
-        return f"{sign}{usd(abs(self.change_usd))}{rel} vs {usd(self.previous.cost_usd)} the {self.period} before"
+        before = "yesterday by this time" if self.period == "today" else f"the {self.period} before"
+        return f"{sign}{usd(abs(self.change_usd))}{rel} vs {usd(self.previous.cost_usd)} {before}"
 
     def _lines(self, rows: list[SpendRow], name: str) -> list[str]:
         out = [
-            f"{r.key}{f' ({r.provider})' if r.provider else ''}: {usd(r.cost_usd)} · {_calls(r.calls)}"
+            f"{r.label}{f' ({r.provider})' if r.provider else ''}: {usd(r.cost_usd)} · {_counted(r)}"
             for r in rows[:_TOP]
         ]
         if len(rows) > _TOP:
@@ -124,14 +140,16 @@ class Report:
         return out or ["no calls"]
 
     def title(self) -> str:
-        """``Daily spend report, 2026-11-25``."""
+        """``Daily spend report, 2026-11-25`` (``Spend report of today so far, …`` for ``today``)."""
+        if self.period == "today":
+            return f"Spend report of today so far, {self.label}"
         return f"{'Daily' if self.period == 'day' else 'Weekly'} spend report, {self.label}"
 
     def text(self) -> str:
         """A plain-text report (the CLI's output and the message's fallback text)."""
         parts = [
             self.title(),
-            f"Total: {usd(self.totals.cost_usd)} in {_calls(self.totals.calls)} ({self._change()})",
+            f"Total: {usd(self.totals.cost_usd)} in {_counted(self.totals.total)} ({self._change()})",
         ]
         for name, rows in (("users", self.by_user), ("models", self.by_model), ("surfaces", self.by_surface)):
             parts.append(f"By {name[:-1]}:")
@@ -147,7 +165,9 @@ class Report:
 
         blocks: list[Block] = [
             {"type": "header", "text": {"type": "plain_text", "text": self.title()[:150]}},
-            section(f"*Total:* {usd(self.totals.cost_usd)} in {_calls(self.totals.calls)}\n{self._change()}"),
+            section(
+                f"*Total:* {usd(self.totals.cost_usd)} in {_counted(self.totals.total)}\n{self._change()}"
+            ),
         ]
         for name, rows in (("users", self.by_user), ("models", self.by_model), ("surfaces", self.by_surface)):
             lines = self._lines(rows, name)
@@ -165,6 +185,8 @@ async def build_report(ledger: Ledger, period: ReportPeriod, now: datetime) -> R
     """The report of the last complete ``period`` before ``now``, from the ledger's calls rows."""
     tz = ledger.timezone
     previous, start, end = report_bounds(period, now, tz)
+    # Today so far is compared with yesterday until the same time; a whole period with the one before.
+    previous_end = end - timedelta(days=1) if period == "today" else start
     last_day = (end - timedelta(microseconds=1)).astimezone(tz).date()
     first_day = last_day - timedelta(days=_CHART_DAYS[period] - 1)
     chart_start = min(_midnight(first_day, tz), start)
@@ -177,9 +199,10 @@ async def build_report(ledger: Ledger, period: ReportPeriod, now: datetime) -> R
         previous_start=previous,
         timezone=str(tz),
         totals=await ledger.totals(start, end),
-        previous=await ledger.totals(previous, start),
+        previous=await ledger.totals(previous, previous_end),
         by_user=await ledger.spend_by_user(start, end),
         by_model=await ledger.spend_by_model(start, end),
         by_surface=await ledger.spend_by_surface(start, end),
         by_day=[spent_days.get(d.isoformat(), SpendRow(d.isoformat(), 0, Decimal(0))) for d in days],
+        previous_end=previous_end,
     )

@@ -30,6 +30,8 @@ from bot.settings import DEFAULT_GRACE, DEFAULT_SLACK_BODY_LIMIT
 from bot.slack.commands import SlackCommands
 from bot.slack.identity import BotIdentity
 from bot.slack.settings import SlackSettings
+from bot.slack.tokens import COMMAND as TOKEN_COMMAND
+from bot.slack.tokens import McpTokenCommand
 from bot.slack.verify import SignatureCheck, payload_refusal
 
 __all__ = ["build_bolt_app", "run_slack_http", "run_slack_socket", "slack_http_app", "web_client"]
@@ -51,7 +53,7 @@ def web_client(settings: SlackSettings, *, with_token: bool = True) -> AsyncWebC
 
 
 def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp, SlackCommands]:
-    """The Bolt app with the three slash commands registered, and the handlers object behind them."""
+    """The Bolt app with the slash commands registered, and the handlers object behind them."""
     client = web_client(settings)
     app = AsyncApp(
         client=web_client(settings, with_token=False),
@@ -62,6 +64,7 @@ def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp,
     app.command("/generate")(commands.generate)
     app.command("/budget")(commands.budget)
     app.command("/models")(commands.models)
+    app.command(TOKEN_COMMAND)(McpTokenCommand(commands))
     return app, commands
 
 

@@ -7,7 +7,7 @@ from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
-from bot.core.ledger import BudgetStatus, SpendRow
+from bot.core.ledger import BudgetStatus, Override, SpendRow
 from bot.core.types import ModelInfo
 from bot.slack.formatting import progress_bar, usd
 
@@ -58,6 +58,27 @@ def _reset(status: BudgetStatus) -> str:
     return f"resets {resets.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if resets else "never resets"
 
 
+def _source(override: Override) -> str:
+    """``set by <@U9> via slack on …``: a Slack user who set it is mentioned, anyone else named."""
+    team, sep, user = (override.set_by or "").partition(":")
+    if sep and override.set_via == "slack" and team and user:
+        return override.source.replace(f"by {override.set_by}", f"by <@{user}>", 1)
+    return override.source
+
+
+def _caller(row: SpendRow) -> str:
+    """A caller as Slack shows it: a Slack user mentioned, an MCP client or CLI user by name."""
+    if row.kind == "slack_user":
+        return f"<@{row.key.rpartition(':')[2]}>"
+    return {"mcp_client": f"MCP client *{row.key}*", "cli_user": f"CLI user *{row.key}*"}.get(
+        row.kind or "", f"*{row.key}*"
+    )
+
+
+def _counts(row: SpendRow) -> str:
+    return _calls(row.calls) + (f" ({row.refused} refused)" if row.refused else "")
+
+
 def budget_blocks(statuses: Sequence[BudgetStatus]) -> list[Block]:
     """One section per budget: name, spent of limit, a progress bar, reset time and projection."""
     if not statuses:
@@ -72,6 +93,13 @@ def budget_blocks(statuses: Sequence[BudgetStatus]) -> list[Block]:
             f"`{progress_bar(status.fraction_used)}`",
             _reset(status) + (f" · projected {usd(projected)} this period" if projected is not None else ""),
         ]
+        if status.override is not None:
+            config = (
+                f"; the config file says {usd(status.config_limit)}"
+                if status.config_limit is not None
+                else ""
+            )
+            lines.append(f"_limit {usd(status.limit)} {_source(status.override)}{config}_")
         blocks.append(_section("\n".join(lines)))
     if len(statuses) > MAX_BLOCKS - 2:
         blocks.append(_context(f"…and {len(statuses) - (MAX_BLOCKS - 2)} more budgets."))
@@ -82,9 +110,9 @@ def team_blocks(by_user: Sequence[SpendRow], by_model: Sequence[SpendRow], perio
     """Spend by user and by model over ``period`` (a label such as "November 2026")."""
     total = sum((row.cost_usd for row in by_user), Decimal(0))
     blocks: list[Block] = [_header(f"Team spend, {period}"), _section(f"*Total:* {usd(total)}")]
-    users = [f"<@{row.key.rpartition(':')[2]}> {usd(row.cost_usd)} · {_calls(row.calls)}" for row in by_user]
-    models = [f"`{row.key}` ({row.provider}) {usd(row.cost_usd)} · {_calls(row.calls)}" for row in by_model]
-    blocks.append(_section("*By user*"))
+    users = [f"{_caller(row)} {usd(row.cost_usd)} · {_counts(row)}" for row in by_user]
+    models = [f"`{row.key}` ({row.provider}) {usd(row.cost_usd)} · {_counts(row)}" for row in by_model]
+    blocks.append(_section("*By caller*"))
     blocks += _sections(users or ["_no calls yet_"], max_sections=20)
     blocks.append(_section("*By model*"))
     blocks += _sections(models or ["_no calls yet_"], max_sections=20)

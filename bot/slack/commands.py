@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 from collections.abc import Coroutine
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,7 +17,8 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core.errors import USER_ERRORS, DuplicateRequestError
+from bot.core.errors import USER_ERRORS, DuplicateRequestError, LedgerUnavailable
+from bot.core.face_words import in_words_of
 from bot.core.gateway import Gateway
 from bot.core.types import Principal
 from bot.slack.blocks import budget_blocks, models_blocks, team_blocks
@@ -33,7 +32,11 @@ __all__ = ["GENERATE_USAGE", "SlackCommands", "invocation_key", "parse_generate"
 log = logging.getLogger(__name__)
 
 GENERATE_USAGE = "Usage: `/generate [--model MODEL] your prompt`"
-BUDGET_SET_USAGE = "Usage: `/budget set NAME[:KEY] AMOUNT` (e.g. `/budget set per-user:T1:U2 25`)"
+BUDGET_SET_USAGE = "Usage: `/budget set NAME[:KEY] AMOUNT` (e.g. `/budget set per-user:U2 25`)"
+BUDGET_UNSET_USAGE = "Usage: `/budget unset NAME[:KEY]` (e.g. `/budget unset per-user:U2`)"
+BUDGET_USAGE = (
+    "Usage: `/budget`, `/budget team`, `/budget set NAME[:KEY] AMOUNT` or `/budget unset NAME[:KEY]`."
+)
 
 
 def principal_of(command: dict[str, Any]) -> Principal:
@@ -134,7 +137,7 @@ class SlackCommands:
             return
         except USER_ERRORS as err:
             await stream.abandon("stopped: the reason was sent to you")
-            await out.ephemeral(f":warning: {err}")
+            await out.ephemeral(f":warning: {in_words_of(err, 'slack')}")
             return
         except Exception as exc:  # a bug or an unexpected failure: tell the user, keep the trace
             log.exception("generation failed for %s", principal.label)
@@ -147,40 +150,39 @@ class SlackCommands:
             stream.text = result.text
         try:
             tightest = await self.gateway.tightest_budget(principal)
-            remaining = tightest.remaining if tightest else None
+        except LedgerUnavailable:  # the answer stands; the footer goes without its figure
+            tightest = None
         except Exception:  # the answer matters more than the footer's last figure
             log.exception("budget status failed after a call for %s", principal.label)
-            remaining = None
-        await stream.finish(footer(result, remaining))
+            tightest = None
+        await stream.finish(footer(result, tightest))
 
     # -- /budget -------------------------------------------------------------------------------
     async def budget(
         self, ack: AsyncAck, command: dict[str, Any], request: AsyncBoltRequest | None = None
     ) -> None:
-        """``/budget`` (yours), ``/budget team`` and ``/budget set NAME[:KEY] AMOUNT`` (admins)."""
+        """``/budget`` (yours), ``/budget team``, ``/budget set NAME[:KEY] AMOUNT`` and
+        ``/budget unset NAME[:KEY]`` (admins)."""
         if not await self._gate(ack, command, invocation_key(command, request)):
             return
         words = command.get("text", "").split()
         sub = words[0].lower() if words else ""
-        if sub in ("team", "set") and command.get("user_id") not in self.settings.admin_users:
+        if sub in ("team", "set", "unset") and command.get("user_id") not in self.settings.admin_users:
             await ack(text=f"`/budget {sub}` is for admins only.", response_type="ephemeral")
             return
         try:
             if sub == "team":
                 await self._budget_team(ack)
-            elif sub == "set":
-                await self._budget_set(ack, words[1:])
+            elif sub in ("set", "unset"):
+                await self._budget_change(ack, command, sub, words[1:])
             elif sub:
-                await ack(
-                    text="Usage: `/budget`, `/budget team` or `/budget set NAME[:KEY] AMOUNT`.",
-                    response_type="ephemeral",
-                )
+                await ack(text=BUDGET_USAGE, response_type="ephemeral")
             else:
                 statuses = await self.gateway.budget_status(principal_of(command))
                 blocks = budget_blocks(statuses)
                 await ack(text="Your budgets", blocks=blocks, response_type="ephemeral")
         except USER_ERRORS as err:
-            await ack(text=f":warning: {err}", response_type="ephemeral")
+            await ack(text=f":warning: {in_words_of(err, 'slack')}", response_type="ephemeral")
 
     async def _budget_team(self, ack: AsyncAck) -> None:
         if not self.gateway.has_ledger:
@@ -192,27 +194,29 @@ class SlackCommands:
         blocks = team_blocks(spend.by_user, spend.by_model, start.astimezone(zone).strftime("%B %Y"))
         await ack(text="Team spend this month", blocks=blocks, response_type="ephemeral")
 
-    async def _budget_set(self, ack: AsyncAck, args: list[str]) -> None:
+    async def _budget_change(self, ack: AsyncAck, command: dict[str, Any], sub: str, args: list[str]) -> None:
+        """``set NAME[:KEY] AMOUNT`` / ``unset NAME[:KEY]``: the gateway checks the budget, the key
+        (a bare ``U2`` is a user of the admin's team) and the amount, and says what it did."""
         if not self.gateway.has_ledger:
             await ack(
                 text="No ledger is configured, so budgets cannot be changed.", response_type="ephemeral"
             )
             return
-        try:
-            target, amount = shlex.split(" ".join(args))
-            limit = Decimal(amount.lstrip("$"))
-            if not limit.is_finite() or limit <= 0:
-                raise ValueError(amount)
-        except (ValueError, InvalidOperation):
-            await ack(
-                text=f"Give a budget name and an amount above zero. {BUDGET_SET_USAGE}",
-                response_type="ephemeral",
-            )
+        wanted = 2 if sub == "set" else 1
+        if len(args) != wanted:
+            usage = BUDGET_SET_USAGE if sub == "set" else BUDGET_UNSET_USAGE
+            what = "Give a budget and an amount." if sub == "set" else "Give just the budget."
+            await ack(text=f"{what} {usage}", response_type="ephemeral")
             return
-        name, _, key = target.partition(":")
-        await self.gateway.set_budget_limit(name, key or None, limit)
-        scope = f" for `{key}`" if key else ""
-        await ack(text=f"Budget `{name}`{scope} is now ${limit} per period.", response_type="ephemeral")
+        name, key = self.gateway.budget_target(args[0])
+        team = command.get("team_id") or None
+        if sub == "set":
+            by = principal_of(command).scope_keys().get("user")
+            change = await self.gateway.set_budget_limit(name, key, args[1], by=by, via="slack", team=team)
+        else:
+            change = await self.gateway.unset_budget_limit(name, key, team=team)
+        text = in_words_of(change.summary(removed=sub == "unset"), "slack")
+        await ack(text=f":white_check_mark: {text}", response_type="ephemeral")
 
     # -- /models -------------------------------------------------------------------------------
     async def models(
@@ -225,6 +229,6 @@ class SlackCommands:
         try:
             models = await self.gateway.list_models(provider)
         except USER_ERRORS as err:
-            await ack(text=f":warning: {err}", response_type="ephemeral")
+            await ack(text=f":warning: {in_words_of(err, 'slack')}", response_type="ephemeral")
             return
         await ack(text="Models and prices", blocks=models_blocks(models), response_type="ephemeral")

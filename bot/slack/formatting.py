@@ -6,6 +6,7 @@ import re
 from decimal import Decimal
 
 from bot.core import money_text
+from bot.core.ledger.models import BudgetStatus
 from bot.core.types import ChatResult
 
 __all__ = ["FENCE", "footer", "progress_bar", "split_message", "to_mrkdwn", "usd"]
@@ -118,14 +119,16 @@ def progress_bar(fraction: float, width: int = 10) -> str:
     return "▓" * filled + "░" * (width - filled) + f" {round(fraction * 100)}%"
 
 
-def footer(result: ChatResult, remaining: Decimal | None) -> str:
-    """The line under an answer: model, tokens in/out, cost and what the user has left."""
+def footer(result: ChatResult, budget: BudgetStatus | None) -> str:
+    """The line under an answer: model, tokens in/out, cost, and what is left of the budget that
+    limits the next call, named (a channel's or the team's budget is not "yours")."""
     cost = usd(result.cost_usd) + (" (estimated)" if result.cost_estimated else "")
     bits = [
         f"`{result.model}`",
         f"{result.usage.input_tokens:,} in / {result.usage.output_tokens:,} out tokens",
         cost,
     ]
-    if remaining is not None:
-        bits.append(f"{usd(remaining)} left in your budget")
+    if budget is not None:
+        named = f"your budget {budget.name}" if budget.scope == "user" else f"budget {budget.label}"
+        bits.append(f"{usd(budget.remaining)} left in {named}")
     return "_" + " · ".join(bits) + "_"

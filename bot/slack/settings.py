@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bot.connect import public_url as public_url_from_env
 from bot.core.errors import ConfigurationError
 
 __all__ = ["DEFAULT_API_URL", "SlackSettings"]
@@ -35,6 +36,9 @@ class SlackSettings:
     update_interval: float = 1.0
     #: Characters per message: well under the ~4,000 where Slack starts answering ``msg_too_long``.
     message_limit: int = 3500
+    #: The URL people reach the gateway at (``BOT_PUBLIC_URL``), for the ``claude mcp add`` line of
+    #: ``/mcp-token``; None: the host the Slack request was sent to.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         # slack_sdk concatenates base_url and the method name, so the trailing slash matters.
@@ -62,6 +66,7 @@ class SlackSettings:
             admin_users=_ids(env.get("SLACK_ADMIN_USERS")),
             allowed_users=_ids(users) if users and users.strip() else None,
             allowed_channels=_ids(channels) if channels and channels.strip() else None,
+            public_url=public_url_from_env(env),
         )
 
     def refusal(self, user_id: str, channel_id: str) -> str | None:

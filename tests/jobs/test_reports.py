@@ -75,7 +75,7 @@ def expected(start: datetime, end: datetime) -> dict[str, dict[str, Decimal]]:
     for when, who, model, cost in CALLS:
         if start <= when < end:
             user = (
-                "(none)"
+                who.client_id or "(unknown)"  # an MCP client is named, never "(none)"
                 if not who.user_id
                 else (f"{who.team_id}:{who.user_id}" if who.team_id else who.user_id)
             )

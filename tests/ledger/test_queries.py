@@ -34,34 +34,39 @@ async def test_spend_reports(open_ledger: OpenLedger) -> None:
         )  # fmt: skip
 
     by_model = await ledger.spend_by_model(T0, T_END)
-    assert [(r.provider, r.key, r.calls, r.cost_usd) for r in by_model] == [
-        ("anthropic", "claude", 1, Decimal("0.2")),
-        ("openai", "gpt-4o", 3, Decimal("0.15")),
-        ("azure", "gpt-4o", 1, Decimal("0.01")),
+    # A refused call was never made: it is counted apart from the calls.
+    assert [(r.provider, r.key, r.calls, r.refused, r.cost_usd) for r in by_model] == [
+        ("anthropic", "claude", 1, 0, Decimal("0.2")),
+        ("openai", "gpt-4o", 2, 1, Decimal("0.15")),
+        ("azure", "gpt-4o", 1, 0, Decimal("0.01")),
     ]
     assert by_model[1].input_tokens == 30 and by_model[1].cache_read_tokens == 6
 
     by_user = await ledger.spend_by_user(T0, T_END)
-    assert [(r.key, r.calls, r.cost_usd) for r in by_user] == [
-        ("T1:alice", 2, Decimal("0.3")),
-        ("T1:bob", 2, Decimal("0.05")),
-        ("(none)", 1, Decimal("0.01")),
+    # Every caller by name: an MCP client is no "(none)".
+    assert [(r.key, r.kind, r.calls, r.refused, r.cost_usd) for r in by_user] == [
+        ("T1:alice", "slack_user", 2, 0, Decimal("0.3")),
+        ("T1:bob", "slack_user", 1, 1, Decimal("0.05")),
+        ("claude-code", "mcp_client", 1, 0, Decimal("0.01")),
     ]
+    assert by_user[2].label == "mcp client claude-code"
 
     by_day = await ledger.spend_by_day(T0, T_END)
     assert [(r.key, r.calls, r.cost_usd) for r in by_day] == [
         ("2025-03-08", 1, Decimal("0.1")),
         ("2025-03-09", 2, Decimal("0.25")),  # the 23-hour DST day ends at 04:00 UTC
-        ("2025-03-10", 1, Decimal("0")),
+        ("2025-03-10", 0, Decimal("0")),
         ("2025-03-11", 1, Decimal("0.01")),
     ]
 
     totals = await ledger.totals(T0, T_END)
-    assert (totals.calls, totals.cost_usd, totals.total.reasoning_tokens) == (5, Decimal("0.36"), 5)
-    assert {k: (v.calls, v.cost_usd) for k, v in totals.by_outcome.items()} == {
-        "ok": (3, Decimal("0.31")),
-        "refused": (1, Decimal(0)),
-        "error": (1, Decimal("0.05")),
+    assert (totals.calls, totals.refused, totals.cost_usd, totals.total.reasoning_tokens) == (
+        4, 1, Decimal("0.36"), 5,
+    )  # fmt: skip
+    assert {k: (v.calls, v.refused, v.cost_usd) for k, v in totals.by_outcome.items()} == {
+        "ok": (3, 0, Decimal("0.31")),
+        "refused": (1, 1, Decimal(0)),
+        "error": (1, 0, Decimal("0.05")),
     }
     assert (await ledger.totals()).cost_usd == Decimal("9.36")
     assert totals.to_dict()["total"]["cost_usd"] == "0.36"

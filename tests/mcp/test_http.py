@@ -6,7 +6,6 @@ from decimal import Decimal
 
 import pytest
 
-from bot.core.errors import ConfigurationError
 from bot.core.gateway import Gateway
 from tests.conftest import fast_config
 from tests.fakes.loopback import serve_in_loop as serve
@@ -115,7 +114,14 @@ async def test_dns_rebinding_protection_keeps_configured_hosts(fake_env: dict[st
     assert bad_origin.status_code == 403
 
 
-async def test_http_refuses_to_start_without_clients(fake_env: dict[str, str]) -> None:
-    async with Gateway(fast_config(), env=fake_env) as gateway:
-        with pytest.raises(ConfigurationError, match=r"mcp\.clients"):
-            mcp_http_app(gateway)
+async def test_http_without_any_client_or_ledger_serves_only_401s(
+    fake_env: dict[str, str], fake: FakeUpstream
+) -> None:
+    # /mcp is always there, never anonymous: every token is refused, with how to get one.
+    async with Gateway(fast_config(), env=fake_env) as gateway, serve(mcp_http_app(gateway)) as url:
+        for auth in ({}, {"Authorization": "Bearer gwp_" + "x" * 43}):
+            async with raw_http(**ACCEPT, **auth) as http:
+                reply = await http.post(f"{url}/mcp", json=INIT)
+            assert reply.status_code == 401
+            assert "/mcp-token" in reply.json()["hint"] and "bot tokens create" in reply.json()["hint"]
+    assert fake.requests == []

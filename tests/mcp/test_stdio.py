@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx2
 from mcp import StdioServerParameters
 from mcp.client import Client
 
 from tests.fakes.upstream import FakeUpstream
+from tests.serve.conftest import free_port
 
 CONFIG = """\
 budgets:
@@ -58,14 +61,30 @@ async def test_stdio_server_runs_the_tools(
     assert refused.is_error and "budget 'desk-monthly" in refused.content[0].text  # type: ignore[union-attr]
 
 
-def test_http_mode_without_clients_refuses_to_start(fake_env: dict[str, str], tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "mcp", "--http", "--port", "0"],
+def test_http_mode_without_clients_serves_only_401s_with_how_to_get_a_token(
+    fake_env: dict[str, str], tmp_path: Path
+) -> None:
+    # No config client: personal tokens (in the ledger) still work, and nobody gets in without one.
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "mcp", "--http", "--port", str(port)],
         env=bot_env(fake_env, tmp_path, config="{}\n"),
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
     )
-    assert done.returncode == 2
-    assert "mcp.clients" in done.stderr and "Traceback" not in done.stderr
+    try:
+        reply = None
+        for _ in range(600):  # a guard against a hang: the server usually answers within a second
+            assert proc.poll() is None, proc.communicate()
+            try:
+                reply = httpx2.post(f"http://127.0.0.1:{port}/mcp", json={}, timeout=2)
+                break
+            except httpx2.TransportError:
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert reply is not None and reply.status_code == 401
+    assert "/mcp-token" in reply.json()["hint"] and "Traceback" not in stderr

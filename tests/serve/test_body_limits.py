@@ -126,7 +126,7 @@ async def test_mcp_still_takes_a_prompt_of_max_prompt_chars(served: Served, fake
     assert not fits.is_error, fits.content
     assert fits.structured_content is not None
     assert fits.structured_content["usage"]["input_tokens"] > 80_000
-    assert over.is_error and "400000" in str(over.content)
+    assert over.is_error and "1 to 400,000 characters (got 400,001" in str(over.content)
     assert_clean_log(served)
 
 

@@ -27,16 +27,24 @@ def test_starts_on_embedded_defaults_and_says_what_is_off(tmp_path: Path) -> Non
         ready = httpx2.get(f"{server.url}/readyz", timeout=5).json()
         metrics = httpx2.get(f"{server.url}/metrics", timeout=5)
         mcp = httpx2.post(f"{server.url}/mcp", json={}, timeout=5)
+        wrong = httpx2.post(
+            f"{server.url}/mcp", json={}, headers={"Authorization": "Bearer gwp_nope"}, timeout=5
+        )
         slack = httpx2.post(f"{server.url}/slack/events", content="x", timeout=5)
     finally:
         code = server.stop()
     assert code == 0, server.logs()
     assert ready["checks"] == {"database": "ok"}  # no provider key: nothing to reach
     assert metrics.status_code == 200 and "llm_calls" in metrics.text
-    assert mcp.status_code == 404 and slack.status_code == 404
+    # /mcp is always there: with no client configured it is never anonymous, and says how to get a token.
+    for refused in (mcp, wrong):
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert "/mcp-token" in refused.json()["hint"] and "bot tokens create --user" in refused.json()["hint"]
+    assert slack.status_code == 404
     assert (tmp_path / "data" / "bot.db").exists()  # SQLite under the default data folder
     (line,) = [entry for entry in server.log_lines() if entry["message"].startswith("bot serve listening")]
-    assert "MCP over HTTP off (add bearer tokens under mcp.clients" in line["message"]
+    assert "MCP over HTTP on (/mcp: personal tokens from /mcp-token" in line["message"]
+    assert "no config clients" in line["message"]
     assert "Slack off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET" in line["message"]
 
 

@@ -97,7 +97,7 @@ async def test_budget_set_is_admin_only(make_slack: MakeSlack, fake: FakeUpstrea
     unknown = await slack.command("/budget", "set nope 1", user_id=ADMIN)
     assert "unknown budget 'nope'" in unknown.json()["text"]
     bad = await slack.command("/budget", "set per-user zero", user_id=ADMIN)
-    assert "Usage" in bad.json()["text"]
+    assert "not an amount of dollars" in bad.json()["text"]
 
 
 async def test_models_lists_prices(make_slack: MakeSlack, fake: FakeUpstream) -> None:

@@ -85,9 +85,13 @@ def test_money_and_progress_bar() -> None:
 
 def test_footer() -> None:
     result = ChatResult("hi", "gpt-4o-mini", "openai", Usage(12, 3400), Decimal("0.00204"), 1.0, "r1")
-    assert footer(result, Decimal("4.99")) == (
-        "_`gpt-4o-mini` · 12 in / 3,400 out tokens · $0.00204 · $4.99 left in your budget_"
+    mine = _status(remaining=Decimal("4.99"))
+    assert footer(result, mine) == (
+        "_`gpt-4o-mini` · 12 in / 3,400 out tokens · $0.00204 · $4.99 left in your budget per-user_"
     )
+    # A channel's budget is named as such, never "yours".
+    channel = _status(name="eng-channel", scope="channel", scope_key="C1", remaining=Decimal("0.17065"))
+    assert footer(result, channel).endswith("$0.17065 left in budget eng-channel (channel C1)_")
     result.cost_estimated = True
     assert "(estimated)" in footer(result, None) and "left" not in footer(result, None)
 

@@ -6,17 +6,20 @@ Every money rule is in ``money.py``, every write transaction in ``transactions.p
 database's one writer (``drivers/``).
 """
 
+from bot.core.ledger.call_log import CallEntry
 from bot.core.ledger.ledger import Clock, Ledger
-from bot.core.ledger.models import Alert, BudgetStatus, Hold, SpendRow, Totals
+from bot.core.ledger.models import Alert, BudgetStatus, Hold, Override, SpendRow, Totals
 from bot.core.ledger.periods import period_bounds
 from bot.core.ledger.settlement import Settlement
 
 __all__ = [
     "Alert",
     "BudgetStatus",
+    "CallEntry",
     "Clock",
     "Hold",
     "Ledger",
+    "Override",
     "Settlement",
     "SpendRow",
     "Totals",

@@ -41,7 +41,8 @@ from bot.core.ledger.migrations import migrate
 from bot.core.ledger.models import Hold
 from bot.core.ledger.money import from_nanos, to_nanos
 from bot.core.ledger.outbox import Outbox
-from bot.core.ledger.periods import Target, budget_label, period_bounds
+from bot.core.ledger.overrides import LedgerOverrides
+from bot.core.ledger.periods import Target, budget_label
 from bot.core.ledger.settlement import CallWrites, Settlement
 from bot.core.ledger.statements import statements_for
 from bot.core.ledger.tokens import TokenStore
@@ -71,7 +72,7 @@ class _Refused(Exception):
         self.row_id, self.spent, self.limit = refusal.row_id, refusal.spent, refusal.limit
 
 
-class Ledger(LedgerUpkeep):
+class Ledger(LedgerOverrides, LedgerUpkeep):
     """The persistent ledger: calls, budget periods, holds and alerts, on SQLite or PostgreSQL.
 
     Create it with ``await Ledger.open(config, budgets)`` (or ``async with await Ledger.open(...)``)
@@ -357,22 +358,3 @@ class Ledger(LedgerUpkeep):
             await self._db.writer.run(partial(transactions.claim_request, self._s, request_id, self._now()))
         except DuplicateRequest:
             raise DuplicateRequestError(request_id) from None
-
-    async def set_budget_limit(self, name: str, scope_key: str | None, limit: Decimal) -> None:
-        """Override a budget's limit persistently (wins over config) and apply it to the current period.
-
-        ``scope_key`` picks one key of a per-key budget (e.g. one user); None overrides every key.
-        """
-        budget = self._by_name.get(name)
-        if budget is None:
-            raise ConfigurationError(
-                f"unknown budget '{name}'",
-                hint=f"Known budgets: {', '.join(sorted(self._by_name)) or '(none)'}.",
-            )
-        nanos = to_nanos(limit, what="limit")
-        if nanos == 0:
-            raise ValueError("a budget limit must be greater than zero")
-        key = "*" if scope_key is None or budget.scope == "global" else scope_key
-        now = self._now()
-        start, _ = period_bounds(budget.period, now, self._tz)
-        await self._db.writer.run(partial(transactions.set_override, self._s, budget, key, nanos, start, now))

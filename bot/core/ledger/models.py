@@ -6,13 +6,13 @@ Money is ``Decimal`` in every field; ratios (``fraction_used``, thresholds) are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from bot.core.money_text import usd
 
-__all__ = ["Alert", "BudgetStatus", "Hold", "SpendRow", "Totals"]
+__all__ = ["Alert", "BudgetStatus", "Hold", "Override", "SpendRow", "Totals"]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -37,6 +37,43 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Override:
+    """An admin's override of a budget's limit, and where it came from.
+
+    ``scope_key`` is ``*`` when it covers every key of the budget (and always for a budget that
+    names its one key in config). ``set_by``/``set_via`` are None for an override written before
+    the ledger recorded them.
+    """
+
+    budget: str
+    scope_key: str
+    limit: Decimal
+    set_at: datetime
+    #: Who set it: a Slack user (``T1:U2``), a CLI user, an MCP client.
+    set_by: str | None
+    #: Through which face: ``slack``, ``cli`` or ``mcp``.
+    set_via: str | None
+
+    @property
+    def source(self) -> str:
+        """``set by T1:UADMIN via slack on 2026-11-25 14:03 UTC``, for every face to show."""
+        who = f" by {self.set_by}" if self.set_by else ""
+        via = f" via {self.set_via}" if self.set_via else ""
+        return f"set{who}{via} on {self.set_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-friendly dict (money as a string to keep it exact)."""
+        return {
+            "budget": self.budget,
+            "scope_key": self.scope_key,
+            "limit": str(self.limit),
+            "set_at": self.set_at.isoformat(),
+            "set_by": self.set_by,
+            "set_via": self.set_via,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetStatus:
     """Where one budget stands for one scope key in its current period."""
 
@@ -55,6 +92,15 @@ class BudgetStatus:
     #: Spend at period end if it continues at the rate so far (None for ``total``).
     projected_spend: Decimal | None
     channel: str | None = None
+    #: The override in force, when an admin's override sets ``limit`` instead of the config file.
+    override: Override | None = None
+    #: The config file's limit (what ``limit`` is without an override).
+    config_limit: Decimal | None = None
+
+    @property
+    def label(self) -> str:
+        """The budget as users read it: ``eng (channel C1)``, or its name alone for a global one."""
+        return self.name if self.scope == "global" else f"{self.name} ({self.scope} {self.scope_key})"
 
     @property
     def exceeded(self) -> bool:
@@ -77,6 +123,8 @@ class BudgetStatus:
             "resets_at": _iso(self.resets_at),
             "projected_spend": None if self.projected_spend is None else str(self.projected_spend),
             "channel": self.channel,
+            "config_limit": None if self.config_limit is None else str(self.config_limit),
+            "override": None if self.override is None else self.override.to_dict(),
         }
 
 
@@ -143,8 +191,14 @@ class SpendRow:
     """Spend and token counts of a group of calls (one model, user, day or outcome)."""
 
     key: str
+    #: Calls made (any outcome but ``refused``: a refused call was never made).
     calls: int
     cost_usd: Decimal
+    #: Calls refused by a budget (at $0).
+    refused: int = 0
+    #: For a caller's row (``spend_by_user``): ``slack_user``, ``cli_user``, ``mcp_client`` or
+    #: ``unknown`` (``call_log.who``).
+    kind: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -153,12 +207,21 @@ class SpendRow:
     #: Set by ``spend_by_model`` (one model name can be served by several providers).
     provider: str | None = None
 
+    @property
+    def label(self) -> str:
+        """The row's name as text: the key, or ``mcp client alice`` / ``cli user local`` for a caller."""
+        kinds = {"cli_user": "cli user", "mcp_client": "mcp client"}
+        return f"{kinds[self.kind]} {self.key}" if self.kind in kinds else self.key
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly dict (money as a string to keep it exact)."""
         return {
             "key": self.key,
+            "kind": self.kind,
+            "label": self.label,
             "provider": self.provider,
             "calls": self.calls,
+            "refused": self.refused,
             "cost_usd": str(self.cost_usd),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -170,7 +233,12 @@ class SpendRow:
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """Spend over a time range: everything, and split by outcome (ok/refused/error/cancelled)."""
+    """Spend over a time range: everything, and split by outcome (ok/refused/error/cancelled).
+
+    ``total.calls`` counts the calls made and ``total.refused`` those refused apart; each row of
+    ``by_outcome`` counts its own outcome's rows in ``calls`` (``by_outcome["refused"].calls`` is
+    how many were refused).
+    """
 
     total: SpendRow
     by_outcome: dict[str, SpendRow] = field(default_factory=dict)
@@ -182,8 +250,13 @@ class Totals:
 
     @property
     def calls(self) -> int:
-        """Number of calls (of every outcome) in the range."""
+        """Number of calls made in the range (every outcome but ``refused``)."""
         return self.total.calls
+
+    @property
+    def refused(self) -> int:
+        """Number of calls refused by a budget in the range."""
+        return self.total.refused
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly dict."""

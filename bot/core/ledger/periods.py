@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from bot.core.budget_keys import key_matches
 from bot.core.config import BudgetConfig, Period
 from bot.core.types import Principal
 
@@ -122,7 +123,8 @@ def applicable_budgets(
     """Return a target for every budget that applies to a call with these scope keys.
 
     A budget applies when the call has a key for the budget's scope kind and either the budget
-    names no key (then each key gets its own row: a per-user budget) or names exactly that key.
+    names no key (then each key gets its own row: a per-user budget) or names that key
+    (``budget_keys.key_matches``: a bare Slack user id names that user in any team).
     ``global`` budgets always apply (their only key is ``*``).
     """
     targets = []
@@ -134,7 +136,7 @@ def applicable_budgets(
             wanted = budget.key
             if wanted is not None and budget.scope == "model":
                 wanted = model_family(wanted)  # the call's model key is a family too
-            if found is None or (wanted is not None and wanted != found):
+            if found is None or (wanted is not None and not key_matches(budget.scope, wanted, found)):
                 continue
             scope_key = found
         start, end = period_bounds(budget.period, now, tz)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,12 +12,13 @@ import sqlalchemy as sa
 
 from bot.core.config import BudgetConfig
 from bot.core.ledger import money
+from bot.core.ledger.call_log import who
 from bot.core.ledger.database import Database
-from bot.core.ledger.models import BudgetStatus, SpendRow, Totals
+from bot.core.ledger.models import BudgetStatus, Override, SpendRow, Totals
+from bot.core.ledger.overrides import load_override_rows
 from bot.core.ledger.periods import Target, period_bounds
 from bot.core.ledger.schema import (
     UTCDateTime,
-    budget_overrides,
     budget_periods,
     calls,
     from_nanos,
@@ -50,6 +52,7 @@ def _budget_status(
     spent: int,
     reserved: int,
     now: datetime,
+    override: Override | None = None,
 ) -> BudgetStatus:
     projected = None
     if end is not None:
@@ -71,27 +74,30 @@ def _budget_status(
         resets_at=end,
         projected_spend=projected,
         channel=budget.channel,
+        override=override,
+        config_limit=budget.limit_usd,
     )
 
 
-#: Admin overrides of budget limits: ``{(budget, scope_key): limit in nano-dollars}``.
-Overrides = dict[tuple[str, str], int]
-_SELECT_OVERRIDES = sa.select(
-    budget_overrides.c.budget, budget_overrides.c.scope_key, budget_overrides.c.limit_nano_usd
-)
+#: Admin overrides of budget limits: ``{(budget, scope_key): Override}``.
+Overrides = dict[tuple[str, str], Override]
 
 
-async def load_overrides(conn: Any) -> Overrides:
-    """Every admin override: ``{(budget, scope_key): limit in nano-dollars}``."""
-    rows = await conn.execute(_SELECT_OVERRIDES)
-    return {(r.budget, r.scope_key): int(r.limit_nano_usd) for r in rows}
+def override_of(overrides: Overrides, budget: BudgetConfig, scope_key: str) -> Override | None:
+    """The override in force on a budget row (its key's, else every key's), as ``money.limit_in_force``
+    picks it; None when the config file's limit is in force."""
+    return overrides.get((budget.name, scope_key)) or overrides.get((budget.name, "*"))
 
 
 def limit_of(overrides: Overrides, budget: BudgetConfig, scope_key: str) -> int:
     """A budget row's limit in force (``money.limit_in_force``) from the loaded overrides."""
+
+    def nanos(o: Override | None) -> int | None:
+        return None if o is None else money.to_nanos(o.limit)
+
     return money.limit_in_force(
-        overrides.get((budget.name, scope_key)),
-        overrides.get((budget.name, "*")),
+        nanos(overrides.get((budget.name, scope_key))),
+        nanos(overrides.get((budget.name, "*"))),
         money.to_nanos(budget.limit_usd),
     )
 
@@ -121,7 +127,7 @@ async def status(db: Database, targets: Sequence[Target], now: datetime) -> list
     if not targets:
         return []
     async with db.read() as conn:
-        overrides = await load_overrides(conn)
+        overrides = await load_override_rows(conn)
         expired = await _expired_by_row(conn, now)
         rows = await conn.execute(
             sa.select(
@@ -148,6 +154,7 @@ async def status(db: Database, targets: Sequence[Target], now: datetime) -> list
                 spent,
                 reserved,
                 now,
+                override_of(overrides, t.budget, t.scope_key),
             )
         )
     return result
@@ -183,7 +190,7 @@ async def status_all(
     )
     by_name = {b.name: b for b in budgets}
     async with db.read() as conn:
-        overrides = await load_overrides(conn)
+        overrides = await load_override_rows(conn)
         expired = await _expired_by_row(conn, now)
         rows = (
             await conn.execute(sa.select(budget_periods).where(current).order_by(_bp.budget, _bp.scope_key))
@@ -196,13 +203,17 @@ async def status_all(
         spent, reserved = _as_swept(
             int(r.spent_nano_usd), int(r.reserved_nano_usd), expired.get(int(r.id), 0)
         )
-        result.append(_budget_status(budget, r.scope_key, start, end, limit, spent, reserved, now))
+        override = override_of(overrides, budget, r.scope_key)
+        result.append(_budget_status(budget, r.scope_key, start, end, limit, spent, reserved, now, override))
     return result
 
 
 def _aggregates() -> list[sa.ColumnElement[Any]]:
+    # A refused call was never made: it is counted apart, never as a call.
+    refused = _c.outcome == "refused"
     return [
-        sa.func.count().label("calls"),
+        sa.func.coalesce(sa.func.sum(sa.case((refused, 0), else_=1)), 0).label("calls"),
+        sa.func.coalesce(sa.func.sum(sa.case((refused, 1), else_=0)), 0).label("refused"),
         *(
             sa.func.coalesce(sa.func.sum(col), 0).label(col.name)
             for col in (
@@ -219,6 +230,7 @@ def _aggregates() -> list[sa.ColumnElement[Any]]:
 
 _SUMMED = (
     "calls",
+    "refused",
     "cost_nano_usd",
     "input_tokens",
     "output_tokens",
@@ -232,14 +244,16 @@ def _spend_row(key: str, row: Any, provider: str | None = None) -> SpendRow:
     return _make_row(key, {f: int(getattr(row, f)) for f in _SUMMED}, provider)
 
 
-def _sum_rows(key: str, rows: Sequence[Any]) -> SpendRow:
-    return _make_row(key, {f: sum(int(getattr(r, f)) for r in rows) for f in _SUMMED})
+def _sum_rows(key: str, rows: Sequence[Any], kind: str | None = None) -> SpendRow:
+    return _make_row(key, {f: sum(int(getattr(r, f)) for r in rows) for f in _SUMMED}, kind=kind)
 
 
-def _make_row(key: str, v: dict[str, int], provider: str | None = None) -> SpendRow:
+def _make_row(key: str, v: dict[str, int], provider: str | None = None, kind: str | None = None) -> SpendRow:
     return SpendRow(
         key=key,
         calls=v["calls"],
+        refused=v["refused"],
+        kind=kind,
         cost_usd=from_nanos(v["cost_nano_usd"]),
         input_tokens=v["input_tokens"],
         output_tokens=v["output_tokens"],
@@ -285,13 +299,13 @@ async def spend_by_surface(db: Database, start: datetime, end: datetime) -> list
 
 
 async def spend_by_user(db: Database, start: datetime, end: datetime) -> list[SpendRow]:
-    """Spend per user key (``team:user`` when there is a team; ``(none)`` without a user), largest first."""
-    rows = await _grouped(db, [_c.team_id, _c.user_id], _in_range(start, end))
-    merged: dict[str, list[Any]] = {}
+    """Spend per caller in ``[start, end)``, largest first: a person by the key budgets use
+    (``team:user``, or a CLI user's name), else the MCP client by name (``call_log.who``)."""
+    rows = await _grouped(db, [_c.team_id, _c.user_id, _c.client_id], _in_range(start, end))
+    merged: dict[tuple[str, str], list[Any]] = {}
     for r in rows:
-        key = "(none)" if not r.user_id else (f"{r.team_id}:{r.user_id}" if r.team_id else r.user_id)
-        merged.setdefault(key, []).append(r)
-    return _by_cost([_sum_rows(key, group) for key, group in merged.items()])
+        merged.setdefault(who(r.team_id, r.user_id, r.client_id), []).append(r)
+    return _by_cost([_sum_rows(key, group, kind) for (key, kind), group in merged.items()])
 
 
 async def spend_by_day(db: Database, start: datetime, end: datetime, tz: ZoneInfo) -> list[SpendRow]:
@@ -315,4 +329,6 @@ async def totals(db: Database, start: datetime | None, end: datetime | None) -> 
     order = {"ok": 0, "refused": 1, "error": 2, "cancelled": 3, "interrupted": 4}
     rows.sort(key=lambda r: (order.get(r.outcome, 9), r.outcome))
     by_outcome = {r.outcome: _spend_row(r.outcome, r) for r in rows}
+    if "refused" in by_outcome:  # the outcome's own row counts its rows: how many were refused
+        by_outcome["refused"] = replace(by_outcome["refused"], calls=by_outcome["refused"].refused)
     return Totals(total=_sum_rows("total", rows), by_outcome=by_outcome)

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core.config import BudgetConfig
 from bot.core.ledger import queries
+from bot.core.ledger.call_log import CallEntry, recent_calls
 from bot.core.ledger.database import Database
 from bot.core.ledger.models import BudgetStatus, SpendRow, Totals
 from bot.core.ledger.periods import Target, applicable_budgets, call_scope_keys
@@ -66,3 +67,10 @@ class LedgerReads:
     async def totals(self, start: datetime | None = None, end: datetime | None = None) -> Totals:
         """Cost, calls and tokens in ``[start, end)`` (all time by default), also by outcome."""
         return await queries.totals(self._db, start, end)
+
+    async def recent_calls(
+        self, *, since: datetime | None = None, caller: str | None = None, limit: int = 50
+    ) -> list[CallEntry]:
+        """The most recent calls, newest first: at or after ``since``, of ``caller`` (a user key,
+        a bare Slack user id, a CLI user's or an MCP client's name) when given."""
+        return await recent_calls(self._db, since=since, caller=caller, limit=limit)

@@ -189,12 +189,23 @@ class Statements:
             scope_key=_bind("p_key"),
             limit_nano_usd=_bind("p_limit"),
             updated_at=_bind("p_now", type_=UTCDateTime()),
+            set_by=_bind("p_by"),
+            set_via=_bind("p_via"),
         )
         self.upsert_override = upsert.on_conflict_do_update(
             index_elements=["budget", "scope_key"],
-            set_={"limit_nano_usd": upsert.excluded.limit_nano_usd, "updated_at": upsert.excluded.updated_at},
+            set_={c: upsert.excluded[c] for c in ("limit_nano_usd", "updated_at", "set_by", "set_via")},
         )
-        """An admin's override of a budget's limit for one key (or ``*``: every key)."""
+        """An admin's override of a budget's limit for one key (or ``*``: every key), with who set
+        it and through which face."""
+        self.delete_override = sa.delete(budget_overrides).where(
+            _bo.budget == _bind("p_budget"), _bo.scope_key == _bind("p_key")
+        )
+        """One override (rowcount 0 when there was none)."""
+        self.delete_key_overrides = sa.delete(budget_overrides).where(
+            _bo.budget == _bind("p_budget"), _bo.scope_key != "*"
+        )
+        """The overrides of single keys of a budget (a budget with a fixed key has only ``*``)."""
         self.overrides_of = sa.select(_bo.scope_key, _bo.limit_nano_usd).where(
             _bo.budget == _bind("p_budget")
         )

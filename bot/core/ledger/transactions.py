@@ -47,7 +47,6 @@ __all__ = [
     "record",
     "renew",
     "reserve",
-    "set_override",
     "settle",
     "sweep",
 ]
@@ -304,35 +303,6 @@ def claim_request(s: Statements, request_id: str, now: datetime) -> Tx[None]:
     """Claim an idempotency key, or raise ``DuplicateRequest`` if any replica has (keys are kept)."""
     if (yield s.insert_request_key, {"p_request": request_id, "p_now": now})[1] == 0:
         raise DuplicateRequest(request_id)
-
-
-def set_override(
-    s: Statements, budget: BudgetConfig, scope_key: str, limit: int, period_start: datetime, now: datetime
-) -> Tx[None]:
-    """Store an admin's override of ``budget`` for ``scope_key`` (``*``: every key) and write the
-    limit then in force (``money.limit_in_force``) into each of its rows of the current period;
-    a row whose spend that limit does not exceed gets its ``exhausted`` alert."""
-    yield s.upsert_override, {"p_budget": budget.name, "p_key": scope_key, "p_limit": limit, "p_now": now}
-    overrides, _ = yield s.overrides_of, {"p_budget": budget.name}
-    limit_of = {key: int(value) for key, value in overrides}
-    where = {
-        "p_budget": budget.name,
-        "p_scope": budget.scope,
-        "p_period": budget.period,
-        "p_start": period_start,
-    }
-    rows, _ = yield s.current_rows, where
-    config_limit = money.to_nanos(budget.limit_usd)
-    updates, exhausted = [], []
-    for row_id, key, spent in rows:
-        new_limit = money.limit_in_force(limit_of.get(key), limit_of.get("*"), config_limit)
-        updates.append({"p_id": row_id, "p_limit": new_limit})
-        if int(spent) >= new_limit:  # lowered to its spend or below: every call is refused now
-            exhausted.append((row_id, int(spent) / new_limit))
-    if updates:
-        yield s.set_row_limit, updates
-    for row_id, fraction in exhausted:
-        yield from queue_exhausted(s, row_id, fraction, budget, now)
 
 
 def prune_request_keys(s: Statements, before: datetime) -> Tx[int]:
