@@ -190,6 +190,17 @@ async def _slack(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that read or write the ledger: each says on stderr which one (one ledger per deployment).
+_LEDGER_COMMANDS = frozenset({"generate", "budget", "calls", "report", "tokens"})
+
+
+def _say_ledger() -> None:
+    from bot.app import load_config
+    from bot.settings import ledger_description
+
+    print(f"ledger: {ledger_description(load_config())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bot`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -210,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tokens": run_tokens,
     }
     try:
-        return int(asyncio.run(handlers[args.command](args)))
+        code = int(asyncio.run(handlers[args.command](args)))
+        if args.command in _LEDGER_COMMANDS and code == 0:
+            _say_ledger()  # after the answer: an error stays one line
+        return code
     except USER_ERRORS as err:
         print(_masked(f"error: {err}"), file=sys.stderr)
         # A passing outage (provider or ledger) exits 1: nothing the user typed was wrong.

@@ -35,6 +35,7 @@ __all__ = [
     "bind_socket",
     "config_secrets",
     "data_dir_from_env",
+    "ledger_description",
     "metrics_token_from_env",
     "shutdown_grace_from_env",
     "slack_body_limit_from_env",
@@ -214,6 +215,15 @@ def data_dir_from_env(env: Mapping[str, str]) -> Path:
     return Path(env.get("BOT_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
 
 
+def ledger_description(config: AppConfig) -> str:
+    """Which ledger a command uses, without secrets: ``sqlite /path/bot.db`` or
+    ``postgresql host/database``."""
+    from bot.core.ledger.database import normalise_url
+
+    url, backend = normalise_url(config.database.url)
+    return f"sqlite {url.database}" if backend == "sqlite" else f"postgresql {url.host}/{url.database}"
+
+
 def apply_data_dir(config: AppConfig, data_dir: Path, env: Mapping[str, str]) -> AppConfig:
     """Put the default SQLite ledger under the data folder unless a database URL was chosen.
 
@@ -262,10 +272,7 @@ def slack_settings_from_env() -> Any:
 
 def startup_summary(settings: ServerSettings, config: AppConfig, gateway: Gateway, slack: Any) -> str:
     """The one start-up line: what is on, and how to turn on what is off."""
-    from bot.core.ledger.database import normalise_url
-
-    url, backend = normalise_url(config.database.url)
-    db = f"sqlite {url.database}" if backend == "sqlite" else f"postgresql {url.host}/{url.database}"
+    db = ledger_description(config)
     keyed = [p.provider_name for p in gateway.sessions.router.providers.values() if p.has_key]
     metrics = "/metrics behind BOT_METRICS_TOKEN" if settings.metrics_token else "/metrics open"
     parts = [

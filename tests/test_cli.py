@@ -143,6 +143,8 @@ def test_every_command_uses_the_ledger_bot_data_dir_names_from_any_folder(
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)
     assert Decimal(row["spent"]) > 0
+    # ...and says which ledger it used.
+    assert f"ledger: sqlite {(data / 'bot.db').resolve()}" in done.stderr.splitlines()
     assert (data / "bot.db").exists()
     assert not (here / "data").exists() and not (there / "data").exists()
 

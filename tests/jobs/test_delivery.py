@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from bot.core.errors import BudgetExceededError
 from bot.core.gateway import Gateway
 from bot.core.ledger.schema import alerts
 from bot.core.types import Principal
@@ -238,3 +239,23 @@ async def test_an_alert_that_never_gets_through_is_closed_as_failed_after_its_tr
         r.levelname == "ERROR" and "given up after 3 attempts" in r.getMessage() for r in caplog.records
     )
     assert await env.runner.deliver_alerts_once() == 0 and len(env.api.calls_to("chat.postMessage")) == 3
+
+
+async def test_a_budget_that_starts_refusing_posts_exhausted_once_through_slack(make_env: MakeEnv) -> None:
+    """A channel budget at 88% refusing every call that needs more than is left: the channel
+    hears "exhausted" once, however many calls are refused, on SQLite and PostgreSQL."""
+    env = await make_env([budget("eng-channel", "0.20", scope="channel", alert_thresholds=[0.5])])
+    await env.charge("0.176")
+    assert await env.runner.deliver_alerts_once() == 1  # the 50% alert
+    who = Principal(surface="slack", team_id="T1", user_id="bob", channel_id="C1")
+    for i in range(5):
+        with pytest.raises(BudgetExceededError, match="eng-channel"):
+            await env.gateway.generate(who, f"hello {i}", model="gpt-4o-mini", max_tokens=100_000)
+    assert await env.runner.deliver_alerts_once() == 1
+    with pytest.raises(BudgetExceededError):
+        await env.gateway.generate(who, "again", model="gpt-4o-mini", max_tokens=100_000)
+    assert await env.runner.deliver_alerts_once() == 0
+    posted = [b for b in env.posted(ALERTS) if kinds([b]) == ["exhausted"]]
+    assert len(posted) == 1
+    assert "eng-channel" in posted[0]["text"] and "exhausted" in posted[0]["text"]
+    assert "$0.176 of $0.20" in posted[0]["text"]
