@@ -134,7 +134,9 @@ async def test_observers_see_every_outcome_and_the_alerts_a_call_created(
             await gateway.generate(ALICE, "x", model="gpt-4o-mini", max_tokens=20)
         with pytest.raises(BudgetExceededError):
             await gateway.generate(ALICE, "x", model="gpt-4o", max_tokens=50_000)
-    assert seen == [("ok", 1), ("error", 0), ("refused", 0)]
+    # Each observer hears of a call once its record is written; the ok call's settle finishes
+    # after its answer, so on a loaded machine it may be heard after the two calls that followed.
+    assert sorted(seen) == sorted([("ok", 1), ("error", 0), ("refused", 0)])
 
 
 class FlakyWriter:

@@ -55,10 +55,12 @@ async def test_normal_is_the_default_and_commits_are_synced_within_the_interval(
         await one_call(ledger, "r1")  # the first call of a period also creates its budget row
         await one_call(ledger, "r2")
         before = syncer.syncs
-        await asyncio.sleep(0.2)  # ten intervals: one sync covers both writes of the last call
-        assert syncer.syncs == before + 1
+        await asyncio.sleep(0.2)  # ten intervals: the last call's writes are synced by now
+        # One sync covers them, or two on a loaded machine where its writes fell in two intervals.
+        synced = syncer.syncs
+        assert before + 1 <= synced <= before + 2
         await asyncio.sleep(0.1)
-        assert syncer.syncs == before + 1  # no write, no sync
+        assert syncer.syncs == synced  # no write, no sync
     finally:
         await ledger.close()
     # Everything reached the file (another connection sees it) and the file is consistent.
