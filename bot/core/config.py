@@ -173,6 +173,8 @@ class McpClientConfig(_Strict):
     """A named MCP client (an assistant, a team's Claude Code…) and its bearer token."""
 
     token: SecretStr = Field(min_length=16)
+    #: This client's own ``mcp.confirm_above_usd`` (None: the global one applies).
+    confirm_above_usd: Decimal | None = Field(default=None, ge=0)
 
 
 class McpConfig(_Strict):
@@ -193,6 +195,25 @@ class McpConfig(_Strict):
     #: Seconds an HTTP session may sit idle (no request in flight, no open stream) before it is
     #: closed; the client then opens a new one (its next request is answered 404, as MCP says).
     session_idle_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    #: A ``generate`` whose worst-case cost is above this many USD is run only once the user
+    #: confirms it (MCP elicitation), or, for a client that cannot ask, once it is called again
+    #: with ``confirm: true``. None: never ask. A client's own value (``clients.X``) wins.
+    confirm_above_usd: Decimal | None = Field(default=None, ge=0)
+    #: Characters of an answer ``generate`` returns inline: assistants cut long tool output (Claude
+    #: Code at about 25,000 tokens), so the whole of a longer one is a resource link to read.
+    inline_answer_chars: int = Field(default=20_000, ge=1_000, le=1_000_000)
+    #: How long a long answer stays readable, and how many characters of them one caller keeps
+    #: (the oldest go first): they live in the server's memory.
+    answer_ttl_seconds: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    answer_store_chars: int = Field(default=4_000_000, ge=10_000, le=200_000_000)
+
+    def needs_confirmation(self, client: str | None, worst_case: Decimal) -> Decimal | None:
+        """The threshold ``worst_case`` (USD) is above for ``client``, or None when no confirmation is due."""
+        own = self.clients.get(client) if client else None
+        threshold = (
+            own.confirm_above_usd if own and own.confirm_above_usd is not None else self.confirm_above_usd
+        )
+        return threshold if threshold is not None and worst_case > threshold else None
 
 
 class JobsConfig(_Strict):
@@ -229,6 +250,17 @@ class JobsConfig(_Strict):
         return v
 
 
+class SlackConfig(_Strict):
+    """The Slack face's conversation settings (tokens and allow-lists come from ``SLACK_*``)."""
+
+    #: Earlier messages of a thread sent with a new question at most; older ones are left out,
+    #: and the answer says so.
+    max_context_turns: int = Field(default=40, ge=0, le=1000)
+    #: Input tokens a thread's context may fill at most (below the model's own window, which
+    #: also applies); the oldest messages are left out until it fits.
+    max_context_tokens: int = Field(default=16_000, gt=0)
+
+
 def _default_providers() -> dict[str, ProviderConfig]:
     return {"openai": ProviderConfig(type="openai"), "anthropic": ProviderConfig(type="anthropic")}
 
@@ -246,6 +278,7 @@ class AppConfig(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> AppConfig:

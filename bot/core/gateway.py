@@ -26,7 +26,7 @@ from bot.core.ledger import BudgetStatus, CallEntry, Ledger, Override, SpendRow,
 from bot.core.people import IssuedToken, People, PersonalToken
 from bot.core.providers import OnText
 from bot.core.session import Addon, CallObserver
-from bot.core.types import ChatResult, ModelInfo, Principal
+from bot.core.types import ChatResult, Message, ModelInfo, Principal
 
 __all__ = ["Gateway", "TeamSpend", "tightest"]
 
@@ -69,7 +69,7 @@ class Gateway:
     async def generate(
         self,
         principal: Principal,
-        prompt: str,
+        prompt: str | Sequence[Message],
         *,
         model: str | None = None,
         system: str | None = None,
@@ -80,6 +80,11 @@ class Gateway:
         request_id: str | None = None,
     ) -> ChatResult:
         """One call for ``principal``, charged to every budget that applies to it.
+
+        ``prompt`` is one user message or a whole conversation (every turn is counted and reserved).
+
+        ``prompt`` is one user message, or a whole conversation (a Slack thread): every message
+        is counted and held for like a single prompt.
 
         It runs straight through the process's one ``CallPipeline``: no session is built per call.
         """
@@ -241,13 +246,20 @@ class Gateway:
         budget_admin.log_drift(self.config, overrides)
 
     async def recent_calls(
-        self, *, since: datetime | None = None, caller: str | None = None, limit: int = 50
+        self,
+        *,
+        since: datetime | None = None,
+        caller: str | None = None,
+        limit: int = 50,
+        of: Principal | None = None,
     ) -> list[CallEntry]:
         """The most recent calls, newest first (``bot calls``); ``caller`` is a user key (``T1:U2``),
-        a bare Slack user id, a CLI user's or an MCP client's name."""
+        a bare Slack user id, a CLI user's or an MCP client's name. ``of`` keeps exactly one
+        principal's: a person's calls from every face, or an MCP client's (never a CLI user's
+        of the same name)."""
         ledger = self._require_ledger("no call is recorded")
         await self.sessions.pending.flush()  # the calls that have answered are listed
-        return await ledger.recent_calls(since=since, caller=caller, limit=limit)
+        return await ledger.recent_calls(since=since, caller=caller, limit=limit, of=of)
 
     # -- personal MCP tokens (the rules of who may do what are in bot.core.people) -------------
 

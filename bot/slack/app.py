@@ -28,6 +28,7 @@ from bot.core.gateway import Gateway
 from bot.logging_setup import REFUSAL_SCOPE_KEY
 from bot.settings import DEFAULT_GRACE, DEFAULT_SLACK_BODY_LIMIT
 from bot.slack.commands import SlackCommands
+from bot.slack.events import SlackEvents
 from bot.slack.identity import BotIdentity
 from bot.slack.settings import SlackSettings
 from bot.slack.tokens import COMMAND as TOKEN_COMMAND
@@ -53,7 +54,8 @@ def web_client(settings: SlackSettings, *, with_token: bool = True) -> AsyncWebC
 
 
 def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp, SlackCommands]:
-    """The Bolt app with the slash commands registered, and the handlers object behind them."""
+    """The Bolt app with the slash commands and the events (mentions, DMs) registered, and the
+    handlers object behind them (``commands.events``: the event handlers)."""
     client = web_client(settings)
     app = AsyncApp(
         client=web_client(settings, with_token=False),
@@ -65,6 +67,12 @@ def build_bolt_app(gateway: Gateway, settings: SlackSettings) -> tuple[AsyncApp,
     app.command("/budget")(commands.budget)
     app.command("/models")(commands.models)
     app.command(TOKEN_COMMAND)(McpTokenCommand(commands))
+    # Mentions and DMs; their answers run as ``commands``' background tasks, so shutdown waits
+    # for them too.
+    events = SlackEvents(commands)
+    app.event("app_mention")(events.app_mention)
+    app.event("message")(events.message)
+    commands.events = events
     return app, commands
 
 

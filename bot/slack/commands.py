@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -20,12 +20,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core.errors import USER_ERRORS, DuplicateRequestError, LedgerUnavailable
 from bot.core.face_words import in_words_of
 from bot.core.gateway import Gateway
-from bot.core.types import Principal
+from bot.core.types import ChatResult, Principal
 from bot.slack.blocks import budget_blocks, models_blocks, team_blocks
 from bot.slack.dedupe import RetryDeduper, command_key, request_id_for
 from bot.slack.delivery import AnswerStream, Delivery
-from bot.slack.formatting import footer
+from bot.slack.formatting import asked, footer
 from bot.slack.settings import SlackSettings
+
+if TYPE_CHECKING:  # events.py imports this module
+    from bot.slack.events import SlackEvents
 
 __all__ = ["GENERATE_USAGE", "SlackCommands", "invocation_key", "parse_generate", "principal_of"]
 
@@ -82,9 +85,12 @@ class SlackCommands:
         self.tasks: set[asyncio.Task[None]] = set()
         #: How many generations were started (tests wait on it).
         self.started = 0
+        #: The mention and DM handlers sharing these tasks (``bot.slack.events``), once registered.
+        self.events: SlackEvents | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a background generation: held, counted, and waited for on shutdown."""
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -120,14 +126,19 @@ class SlackCommands:
             await ack(text=f"Your prompt is empty. {GENERATE_USAGE}", response_type="ephemeral")
             return
         await ack(text="Working on it…", response_type="ephemeral")
-        self._spawn(self._run_generation(command, model, prompt, key))
+        self.spawn(self._run_generation(command, model, prompt, key))
 
     async def _run_generation(
         self, command: dict[str, Any], model: str | None, prompt: str, key: str
     ) -> None:
         principal = principal_of(command)
         out = Delivery(self.client, command)
-        stream = AnswerStream(out, interval=self.settings.update_interval, limit=self.settings.message_limit)
+        stream = AnswerStream(
+            out,
+            interval=self.settings.update_interval,
+            limit=self.settings.message_limit,
+            header=asked(command.get("user_id", ""), prompt),
+        )
         try:
             result = await self.gateway.generate(
                 principal, prompt, model=model, on_text=stream.on_text, request_id=request_id_for(key)
@@ -137,17 +148,23 @@ class SlackCommands:
             return
         except USER_ERRORS as err:
             await stream.abandon("stopped: the reason was sent to you")
-            await out.ephemeral(f":warning: {in_words_of(err, 'slack')}")
+            # In place of the "Working on it…" ack, so the user is not left with both.
+            await out.ephemeral(f":warning: {in_words_of(err, 'slack')}", replace_original=True)
             return
         except Exception as exc:  # a bug or an unexpected failure: tell the user, keep the trace
             log.exception("generation failed for %s", principal.label)
             await stream.abandon("stopped by an internal error")
             await out.ephemeral(
-                f":warning: the request failed unexpectedly ({type(exc).__name__}). Try again."
+                f":warning: the request failed unexpectedly ({type(exc).__name__}). Try again.",
+                replace_original=True,
             )
             return
         if not stream.text and result.text:  # a provider that did not stream
             stream.text = result.text
+        await stream.finish(await self.footer_for(principal, result))
+
+    async def footer_for(self, principal: Principal, result: ChatResult) -> str:
+        """The footer under ``result``'s answer: model, tokens, cost and the tightest budget's rest."""
         try:
             tightest = await self.gateway.tightest_budget(principal)
         except LedgerUnavailable:  # the answer stands; the footer goes without its figure
@@ -155,7 +172,7 @@ class SlackCommands:
         except Exception:  # the answer matters more than the footer's last figure
             log.exception("budget status failed after a call for %s", principal.label)
             tightest = None
-        await stream.finish(footer(result, tightest))
+        return footer(result, tightest)
 
     # -- /budget -------------------------------------------------------------------------------
     async def budget(

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["RetryDeduper", "command_key", "request_id_for", "request_id_of"]
+__all__ = ["RetryDeduper", "command_key", "event_key", "request_id_for", "request_id_of"]
 
 
 def command_key(command: Mapping[str, Any], *, timestamp: str = "", raw_body: str = "") -> str:
@@ -38,6 +38,19 @@ def command_key(command: Mapping[str, Any], *, timestamp: str = "", raw_body: st
             fields = json.dumps(dict(command), sort_keys=True, default=str)
             ident = "fields:" + hashlib.sha256(fields.encode()).hexdigest()[:32]
     return f"{command.get('team_id', '')}:{ident}"
+
+
+def event_key(body: Mapping[str, Any]) -> str:
+    """Identity of the message an Events API delivery is about: team, channel and the message's
+    ``ts`` (unique in its channel), else the delivery's ``event_id``.
+
+    Every retry of one event carries the same of both; keying on the message also answers a
+    message once when two subscriptions (``app_mention`` and ``message.im``) report it.
+    """
+    event = body.get("event") or {}
+    channel, ts = event.get("channel"), event.get("ts")
+    ident = f"msg:{channel}:{ts}" if channel and ts else f"event:{body.get('event_id', '')}"
+    return f"{body.get('team_id') or event.get('team') or ''}:{ident}"
 
 
 def request_id_for(key: str) -> str:

@@ -35,13 +35,17 @@ def _slack_error(exc: BaseException) -> str:
 
 
 class Delivery:
-    """Posts for one slash command: to its channel while that works, else to its response_url."""
+    """Posts for one slash command or event: to its channel (in ``thread_ts``'s thread when
+    given) while that works, else to its response_url (a slash command's only)."""
 
-    def __init__(self, client: AsyncWebClient, command: dict[str, Any]) -> None:
+    def __init__(
+        self, client: AsyncWebClient, command: dict[str, Any], *, thread_ts: str | None = None
+    ) -> None:
         self.client = client
         self.channel: str = command.get("channel_id", "")
         self.user: str = command.get("user_id", "")
         self.response_url: str | None = command.get("response_url") or None
+        self.thread_ts = thread_ts
         self.response_uses = 0
         #: Set after the first channel failure: later parts go to the response_url, in order.
         self.channel_failed = False
@@ -51,7 +55,9 @@ class Delivery:
         if self.channel_failed:
             return None
         try:
-            resp = await self.client.chat_postMessage(channel=self.channel, text=text, unfurl_links=False)
+            resp = await self.client.chat_postMessage(
+                channel=self.channel, text=text, unfurl_links=False, thread_ts=self.thread_ts
+            )
         except Exception as exc:  # any failure must fall back, not vanish
             log.warning(
                 "chat.postMessage to %s failed (%s); using the response_url", self.channel, _slack_error(exc)
@@ -70,8 +76,23 @@ class Delivery:
             return False
         return True
 
-    async def respond(self, text: str, response_type: ResponseType = "ephemeral") -> bool:
-        """Post to the command's response_url (at most five times); False (logged) on failure."""
+    async def delete(self, ts: str) -> bool:
+        """Delete the bot's message ``ts`` (a placeholder no answer will fill); False (logged) on failure."""
+        try:
+            await self.client.chat_delete(channel=self.channel, ts=ts)
+        except Exception as exc:
+            log.warning("chat.delete of %s in %s failed (%s)", ts, self.channel, _slack_error(exc))
+            return False
+        return True
+
+    async def respond(
+        self, text: str, response_type: ResponseType = "ephemeral", *, replace_original: bool = False
+    ) -> bool:
+        """Post to the command's response_url (at most five times); False (logged) on failure.
+
+        ``replace_original`` replaces the command's own ephemeral ack ("Working on it…") instead
+        of adding a message beside it.
+        """
         if self.response_url is None or self.response_uses >= RESPONSE_URL_USES:
             log.error(
                 "cannot deliver to user %s: no response_url use left; text lost: %.200s", self.user, text
@@ -80,7 +101,7 @@ class Delivery:
         self.response_uses += 1
         hook = AsyncWebhookClient(self.response_url, retry_handlers=[AsyncRateLimitErrorRetryHandler()])
         try:
-            resp = await hook.send(text=text, response_type=response_type, replace_original=False)
+            resp = await hook.send(text=text, response_type=response_type, replace_original=replace_original)
         except Exception as exc:
             log.error("response_url post failed (%s); text lost: %.200s", _slack_error(exc), text)
             return False
@@ -89,12 +110,17 @@ class Delivery:
             return False
         return True
 
-    async def ephemeral(self, text: str) -> bool:
+    async def ephemeral(self, text: str, *, replace_original: bool = False) -> bool:
         """Tell the user alone: response_url first (works in any channel), else chat.postEphemeral."""
-        if await self.respond(text, "ephemeral"):
+        # An event has no response_url: straight to chat.postEphemeral, without logging a loss.
+        if self.response_url is not None and await self.respond(
+            text, "ephemeral", replace_original=replace_original
+        ):
             return True
         try:
-            await self.client.chat_postEphemeral(channel=self.channel, user=self.user, text=text)
+            await self.client.chat_postEphemeral(
+                channel=self.channel, user=self.user, text=text, thread_ts=self.thread_ts
+            )
         except Exception as exc:
             log.error("chat.postEphemeral failed (%s); text lost: %.200s", _slack_error(exc), text)
             return False
@@ -102,20 +128,31 @@ class Delivery:
 
 
 class AnswerStream:
-    """Shows a streaming answer: one message posted early, updated in place at most every ``interval``."""
+    """Shows a streaming answer: one message posted early, updated in place at most every ``interval``.
 
-    def __init__(self, out: Delivery, *, interval: float, limit: int) -> None:
+    ``header`` (mrkdwn: who asked what) heads the first message; ``ts`` is a message already
+    posted ("Working on it…") that the answer replaces instead of posting a new one.
+    """
+
+    def __init__(
+        self, out: Delivery, *, interval: float, limit: int, header: str = "", ts: str | None = None
+    ) -> None:
         self.out = out
         self.interval = interval
         self.limit = limit
+        self.header = header
         self.text = ""
-        self.ts: str | None = None
+        self.ts = ts
         self.updates = 0
         self._last = 0.0
 
+    def _body(self, fallback: str = "") -> str:
+        answer = to_mrkdwn(self.text) or fallback
+        return f"{self.header}\n{answer}" if self.header else answer
+
     def _preview(self) -> str:
         # Only the first message is updated live; the rest is posted when the answer is complete.
-        first = split_message(to_mrkdwn(self.text), self.limit - 2)[0]
+        first = split_message(self._body(), self.limit - 2)[0]
         return first + " …"
 
     async def on_text(self, piece: str) -> None:
@@ -134,7 +171,7 @@ class AnswerStream:
 
     async def finish(self, footer: str) -> None:
         """Deliver the whole answer, split into messages, with ``footer`` under the last one."""
-        parts = split_message(to_mrkdwn(self.text) or "_(the model returned no text)_", self.limit)
+        parts = split_message(self._body("_(the model returned no text)_"), self.limit)
         if len(parts[-1]) + len(footer) + 1 <= self.limit:
             parts[-1] += "\n" + footer
         else:
@@ -166,5 +203,12 @@ class AnswerStream:
 
     async def abandon(self, note: str) -> None:
         """Mark a partly shown answer as cut short (the error itself goes to the user alone)."""
-        if self.ts is not None and not self.out.channel_failed:
+        if self.ts is not None and not self.out.channel_failed and self.text.strip():
             await self.out.update(self.ts, self._preview()[:-2] + f"\n_({note})_")
+
+    async def replace(self, text: str) -> None:
+        """Show ``text`` (a refusal) in place of the message posted so far, or post it when none was."""
+        if self.ts is not None and not self.out.channel_failed and await self.out.update(self.ts, text):
+            return
+        if await self.out.post(text) is None:
+            await self.out.respond(text, "ephemeral")

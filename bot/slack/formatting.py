@@ -9,9 +9,11 @@ from bot.core import money_text
 from bot.core.ledger.models import BudgetStatus
 from bot.core.types import ChatResult
 
-__all__ = ["FENCE", "footer", "progress_bar", "split_message", "to_mrkdwn", "usd"]
+__all__ = ["FENCE", "QUOTE_CHARS", "asked", "footer", "progress_bar", "split_message", "to_mrkdwn", "usd"]
 
 FENCE = "```"
+#: Characters of the prompt quoted above its answer.
+QUOTE_CHARS = 80
 _FENCE_LINE = re.compile(r"^\s*```")
 # Code spans are kept verbatim; everything else is converted.
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)
@@ -132,3 +134,13 @@ def footer(result: ChatResult, budget: BudgetStatus | None) -> str:
         named = f"your budget {budget.name}" if budget.scope == "user" else f"budget {budget.label}"
         bits.append(f"{usd(budget.remaining)} left in {named}")
     return "_" + " · ".join(bits) + "_"
+
+
+def asked(user_id: str, prompt: str) -> str:
+    """The line heading an answer: who asked, and a short quote of what (one line, escaped)."""
+    quote = " ".join(prompt.split())
+    if len(quote) > QUOTE_CHARS:
+        quote = quote[: QUOTE_CHARS - 1].rstrip() + "…"
+    # Backticks and asterisks in the quote would open formatting that never closes.
+    quote = _escape(quote).replace("`", "'").replace("*", "∗")
+    return f"*<@{user_id}> asked:* “{quote}”"

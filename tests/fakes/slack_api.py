@@ -8,7 +8,9 @@
         slack.inject("chat.postMessage", status=429, retry_after=0)
 
 It records every call (``calls``) and every POST to ``/response/<id>`` (``responses``).
-Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, and the
+Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.delete``,
+``chat.postEphemeral``, ``conversations.replies`` (over the channels' messages, ``messages``: the
+bot's posts and updates, and what a test wrote as a user with ``user_says``), and the
 external file upload flow (``files.getUploadURLExternal``, a POST of the bytes to the returned
 ``upload_url`` — recorded as ``upload:<file id>``, the bytes kept in ``uploads`` —, then
 ``files.completeUploadExternal``). With ``enable_socket_mode(app_token, issue_url)`` it also answers
@@ -33,7 +35,7 @@ from starlette.routing import Route
 
 from tests.fakes.loopback import BackgroundServer, ThreadedServer
 
-__all__ = ["FakeSlackApi", "SlackCall"]
+__all__ = ["FakeSlackApi", "SlackCall", "SlackMessages"]
 
 TEAM_ID = "T0FAKE"
 BOT_USER = "UBOT"
@@ -57,6 +59,43 @@ class SlackCall:
         return str(self.body.get("text", ""))
 
 
+class SlackMessages:
+    """The messages of every channel, as ``conversations.replies`` reads them back.
+
+    Each is a dict like Slack's (``ts``, ``text``, ``user``, ``bot_id``, ``thread_ts``); a thread is
+    its root (``ts == thread_ts``, or a message that has replies) and the messages whose
+    ``thread_ts`` is the root's ``ts``. Not thread-safe by itself: ``FakeSlackApi`` holds its lock.
+    """
+
+    def __init__(self) -> None:
+        self._by_channel: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def clear(self) -> None:
+        """Forget every message."""
+        self._by_channel.clear()
+
+    def add(self, channel: str, message: dict[str, Any]) -> None:
+        """Store ``message`` (it has its ``ts``) in ``channel``."""
+        self._by_channel.setdefault(channel, {})[str(message["ts"])] = message
+
+    def get(self, channel: str, ts: str) -> dict[str, Any] | None:
+        """The message ``ts`` of ``channel``, if stored."""
+        return self._by_channel.get(channel, {}).get(ts)
+
+    def remove(self, channel: str, ts: str) -> bool:
+        """Delete the message ``ts``; False when there was none."""
+        return self._by_channel.get(channel, {}).pop(ts, None) is not None
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The root ``thread_ts`` and its replies, oldest first (copies)."""
+        found = [
+            dict(m)
+            for ts, m in self._by_channel.get(channel, {}).items()
+            if ts == thread_ts or m.get("thread_ts") == thread_ts
+        ]
+        return sorted(found, key=lambda m: float(m["ts"]))
+
+
 @dataclass
 class _Fault:
     method: str
@@ -78,6 +117,10 @@ class FakeSlackApi(BackgroundServer):
         self._file_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
+        #: Every channel's messages (``conversations.replies`` answers from it).
+        self.messages = SlackMessages()
+        #: ``conversations.replies`` answers this many messages per page (Slack: up to ``limit``).
+        self.replies_page = 200
         self._app_token: str | None = None
         self._issue_socket_url: Callable[[], str] | None = None
         app = Starlette(
@@ -96,7 +139,28 @@ class FakeSlackApi(BackgroundServer):
             self.calls.clear()
             self._faults.clear()
             self.uploads.clear()
+            self.messages.clear()
+            self.replies_page = 200
             self._app_token, self._issue_socket_url = None, None
+
+    def next_ts(self) -> str:
+        """A fresh message ``ts``, later than every one given before (unique in this fake)."""
+        return f"{1700000000 + next(self._ts)}.000100"
+
+    def user_says(self, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> str:
+        """Store a message ``user`` wrote (as Slack would before sending its event); its ``ts``."""
+        ts = self.next_ts()
+        message: dict[str, Any] = {"type": "message", "ts": ts, "user": user, "text": text}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        with self._lock:
+            self.messages.add(channel, message)
+        return ts
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The thread as ``conversations.replies`` would answer it (all pages)."""
+        with self._lock:
+            return self.messages.thread(channel, thread_ts)
 
     def enable_socket_mode(self, app_token: str, issue_url: Callable[[], str]) -> None:
         """Answer ``apps.connections.open`` called with ``app_token`` with ``{"url": issue_url()}``."""
@@ -200,7 +264,7 @@ class FakeSlackApi(BackgroundServer):
         if request.headers.get("authorization") != f"Bearer {self.token}":
             call.error = "invalid_auth"
             return JSONResponse({"ok": False, "error": "invalid_auth"})
-        ts = f"1700000000.{next(self._ts):06d}"
+        ts = self.next_ts()
         body = call.body
         if method == "auth.test":
             return JSONResponse(
@@ -208,13 +272,18 @@ class FakeSlackApi(BackgroundServer):
                  "team_id": TEAM_ID, "user_id": BOT_USER, "bot_id": "BFAKE"}
             )  # fmt: skip
         if method == "chat.postMessage":
-            return JSONResponse(
-                {"ok": True, "channel": body.get("channel"), "ts": ts, "message": {"text": call.text}}
-            )
+            return self._post_message(call, ts)
         if method == "chat.update":
-            return JSONResponse(
-                {"ok": True, "channel": body.get("channel"), "ts": body.get("ts"), "text": call.text}
-            )
+            return self._update(call)
+        if method == "chat.delete":
+            with self._lock:
+                found = self.messages.remove(str(body.get("channel")), str(body.get("ts")))
+            if not found:
+                call.error = "message_not_found"
+                return JSONResponse({"ok": False, "error": "message_not_found"})
+            return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": body.get("ts")})
+        if method == "conversations.replies":
+            return self._replies(call)
         if method == "chat.postEphemeral":
             return JSONResponse({"ok": True, "message_ts": ts})
         if method == "files.getUploadURLExternal":
@@ -231,6 +300,43 @@ class FakeSlackApi(BackgroundServer):
             )
         call.error = "unknown_method"
         return JSONResponse({"ok": False, "error": "unknown_method"})
+
+    def _post_message(self, call: SlackCall, ts: str) -> Response:
+        """Store the bot's message (in its thread when ``thread_ts`` is given) and answer its ts."""
+        body = call.body
+        message: dict[str, Any] = {
+            "type": "message", "ts": ts, "user": BOT_USER, "bot_id": "BFAKE", "text": call.text,
+        }  # fmt: skip
+        if body.get("thread_ts"):
+            message["thread_ts"] = str(body["thread_ts"])
+        with self._lock:
+            self.messages.add(str(body.get("channel")), message)
+        return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": ts, "message": message})
+
+    def _update(self, call: SlackCall) -> Response:
+        """Replace a stored message's text (an unknown ts is answered ok: tests update made-up ones)."""
+        body = call.body
+        channel, ts = str(body.get("channel")), str(body.get("ts"))
+        with self._lock:
+            message = self.messages.get(channel, ts)
+            if message is not None:
+                message["text"] = call.text
+        return JSONResponse({"ok": True, "channel": channel, "ts": ts, "text": call.text})
+
+    def _replies(self, call: SlackCall) -> Response:
+        """``conversations.replies``: the thread ``ts`` of ``channel``, oldest first, paged by cursor."""
+        body = call.body
+        channel, root = str(body.get("channel")), str(body.get("ts"))
+        with self._lock:
+            thread = self.messages.thread(channel, root)
+        if not thread:
+            call.error = "thread_not_found"
+            return JSONResponse({"ok": False, "error": "thread_not_found"})
+        start = int(body.get("cursor") or 0)
+        page = thread[start : start + self.replies_page]
+        rest = start + len(page) < len(thread)
+        meta = {"next_cursor": str(start + len(page)) if rest else ""}
+        return JSONResponse({"ok": True, "messages": page, "has_more": rest, "response_metadata": meta})
 
     def _connections_open(self, call: SlackCall, request: Request) -> Response:
         """Socket Mode's URL, for the app-level token only (like Slack: a bot token is refused)."""

@@ -60,12 +60,16 @@ async def make_gateway(fake_env: dict[str, str], tmp_path: Path) -> AsyncIterato
 
 
 @contextlib.asynccontextmanager
-async def http_client(url: str, token: str | None) -> AsyncIterator[Client]:
-    """An MCP client over Streamable HTTP sending ``token`` as a bearer token."""
+async def http_client(url: str, token: str | None, **options: Any) -> AsyncIterator[Client]:
+    """An MCP client over Streamable HTTP sending ``token`` as a bearer token.
+
+    ``options`` go to the SDK's ``Client``: ``mode="legacy"`` (the 2025-11-25 session revision)
+    or ``mode="2026-07-28"`` (stateless), ``elicitation_callback``…
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else None
     async with (
         create_mcp_http_client(headers=headers) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http), **options) as client,
     ):
         yield client
 

@@ -57,7 +57,7 @@ async def test_authenticated_client_uses_every_tool(gateway: Gateway, fake: Fake
         models = await client.call_tool("list_models", {"provider": "openai"})
         status = await client.call_tool("budget_status", {})
         unknown = await client.call_tool("generate", {"prompt": "hi", "model": "gpt-4o-mimi"})
-    assert set(tools) == {"generate", "budget_status", "list_models"}
+    assert set(tools) == {"generate", "budget_status", "list_models", "my_usage"}
     assert tools["generate"].output_schema is not None
     assert gen.structured_content is not None and gen.structured_content["text"] == "Echo: Over HTTP"
     assert Decimal(gen.structured_content["cost_usd"]) > 0

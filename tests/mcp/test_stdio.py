@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx2
 from mcp import StdioServerParameters
 from mcp.client import Client
+from mcp_types import ElicitRequestParams, ElicitResult
 
 from tests.fakes.upstream import FakeUpstream
 from tests.serve.conftest import free_port
@@ -49,7 +50,7 @@ async def test_stdio_server_runs_the_tools(
         )
         status = await client.call_tool("budget_status", {})
         refused = await client.call_tool("generate", {"prompt": "x", "model": "gpt-4o", "max_tokens": 16_000})
-    assert tools == {"generate", "budget_status", "list_models"}
+    assert tools == {"generate", "budget_status", "list_models", "my_usage"}
     assert gen.structured_content is not None and gen.structured_content["text"] == "Echo: From stdio"
     cost = Decimal(gen.structured_content["cost_usd"])
     assert cost > 0
@@ -88,3 +89,42 @@ def test_http_mode_without_clients_serves_only_401s_with_how_to_get_a_token(
         _, stderr = proc.communicate(timeout=30)
     assert reply is not None and reply.status_code == 401
     assert "/mcp-token" in reply.json()["hint"] and "Traceback" not in stderr
+
+
+async def test_stdio_conversation_confirmation_long_answer_and_usage(
+    fake_env: dict[str, str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    config = CONFIG + "  confirm_above_usd: 0.005\n  inline_answer_chars: 1000\n"
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "bot.cli", "mcp"],
+        env=bot_env(fake_env, tmp_path, config),
+        cwd=tmp_path,
+    )
+    asked: list[str] = []
+
+    async def elicit(context: object, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="decline")
+
+    fake.reply_text = "".join(f"line {i}.\n" for i in range(300))
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "More"},
+    ]
+    async with Client(params, read_timeout_seconds=30, elicitation_callback=elicit) as client:
+        gen = await client.call_tool(
+            "generate", {"messages": turns, "model": "gpt-4o-mini", "max_tokens": 4000}
+        )
+        declined = await client.call_tool("generate", {"prompt": "x", "model": "gpt-4o", "max_tokens": 4000})
+        assert gen.structured_content is not None, gen
+        whole = await client.read_resource(gen.structured_content["full_text_uri"])
+        usage = await client.call_tool("my_usage", {})
+    assert len(fake.requests_to("/v1/chat/completions")[0].json["messages"]) == 3
+    assert gen.structured_content["text_truncated"] is True
+    assert whole.contents[0].text == fake.reply_text  # type: ignore[union-attr]
+    assert declined.is_error and len(asked) == 1 and "$0.005" in asked[0]
+    assert usage.structured_content is not None
+    assert (usage.structured_content["caller"], usage.structured_content["call_count"]) == ("desk", 1)
+    assert usage.structured_content["spent_usd"] == gen.structured_content["cost_usd"]

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -98,6 +99,37 @@ class SlackHarness:
         }
         return await self.http.post(f"{self.url}/slack/events", content=body, headers=all_headers)
 
+    def event_body(self, event: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
+        """An Events API envelope around ``event`` (fresh ``event_id`` unless given)."""
+        return {
+            "token": "legacy", "team_id": TEAM, "api_app_id": "A1", "type": "event_callback",
+            "event_id": event_id or f"Ev{next(_ids):08d}", "event_time": int(time.time()),
+            "event": {"team": TEAM, **event},
+        }  # fmt: skip
+
+    async def post_event(
+        self, envelope: dict[str, Any], *, headers: dict[str, str] | None = None
+    ) -> httpx2.Response:
+        """POST an Events API ``envelope`` as JSON to /slack/events, signed now."""
+        body = json.dumps(envelope)
+        ts = str(int(time.time()))
+        all_headers = {
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": sign(body, ts),
+            **(headers or {}),
+        }
+        return await self.http.post(f"{self.url}/slack/events", content=body, headers=all_headers)
+
+    async def received(self, count: int) -> None:
+        """Wait (30 s at most, a guard against a hang) until ``count`` events were looked at."""
+        events = self.commands.events
+        assert events is not None
+        async with asyncio.timeout(30):
+            # A counter the app bumps from Bolt's listener task; nothing to wait on but it.
+            while events.received < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
     async def command(self, command: str, text: str, **fields: str) -> httpx2.Response:
         """Send one signed slash command."""
         return await self.post(self.form(command, text, **fields))
@@ -125,10 +157,16 @@ async def make_slack(
     stack = contextlib.AsyncExitStack()
 
     async def make(
-        budgets: list[dict[str, Any]] | None = None, config: dict[str, Any] | None = None, **settings: Any
+        budgets: list[dict[str, Any]] | None = None,
+        config: dict[str, Any] | None = None,
+        *,
+        ledger_name: str | None = None,
+        **settings: Any,
     ) -> SlackHarness:
+        """``ledger_name``: share one SQLite ledger file between harnesses (replicas)."""
         cfg = fast_config(budgets=[PER_USER] if budgets is None else budgets, **(config or {}))
-        db = cfg.database.model_copy(update={"url": f"sqlite+aiosqlite:///{tmp_path}/ledger{next(_ids)}.db"})
+        name = ledger_name or f"ledger{next(_ids)}"
+        db = cfg.database.model_copy(update={"url": f"sqlite+aiosqlite:///{tmp_path}/{name}.db"})
         ledger = await Ledger.open(db, cfg.budgets)
         gateway = await stack.enter_async_context(Gateway(cfg, ledger=ledger, env=fake_env))
         base = SlackSettings(

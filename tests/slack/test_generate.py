@@ -44,7 +44,9 @@ async def test_stream_is_shown_by_updating_one_message(make_slack: MakeSlack, fa
     assert posts[0].text.endswith(" …"), "the first post is a preview of a stream in progress"
     assert len(updates) >= 2, "intermediate updates, then the final one"
     assert len({u.body["ts"] for u in updates}) == 1
-    assert updates[-1].text.startswith("one two three") and "out tokens" in updates[-1].text
+    header, _, answer = updates[-1].text.partition("\n")
+    assert header == "*<@U1> asked:* “count”", "the answer says who asked what"
+    assert answer.startswith("one two three") and "out tokens" in answer
 
 
 async def test_long_answer_is_split_with_balanced_code_fences(
@@ -83,6 +85,7 @@ async def test_budget_refusal_is_ephemeral_and_calls_nothing(
     [reply] = slack.api.responses()
     assert reply.body["response_type"] == "ephemeral"
     assert "tiny-user" in reply.text and "would be exceeded" in reply.text
+    assert reply.body["replace_original"] is True, "the refusal replaces the 'Working on it…' ack"
 
 
 async def test_unknown_model_is_ephemeral_with_suggestion(make_slack: MakeSlack, fake: FakeUpstream) -> None:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from bot.core.ledger.database import Database
 from bot.core.ledger.schema import calls, from_nanos
+from bot.core.types import Principal
 
 __all__ = ["CallEntry", "recent_calls", "who"]
 
@@ -80,10 +81,22 @@ def _caller_filter(caller: str) -> sa.ColumnElement[bool]:
     return sa.or_(_c.user_id == caller, sa.and_(_c.user_id.is_(None), _c.client_id == caller))
 
 
+def _principal_filter(of: Principal) -> sa.ColumnElement[bool]:
+    """Calls ``who`` names as ``of``: a person's (any face, any client), else the client's own
+    (a client's name is not a CLI user's of the same name, so ``user_id`` must be empty)."""
+    if of.user_id:
+        team = _c.team_id.is_(None) if of.team_id is None else _c.team_id == of.team_id
+        return sa.and_(_c.user_id == of.user_id, team)
+    if of.client_id:
+        return sa.and_(_c.user_id.is_(None), _c.client_id == of.client_id)
+    return sa.false()  # a principal naming nobody has no calls of its own
+
+
 async def recent_calls(
-    db: Database, *, since: datetime | None, caller: str | None, limit: int
+    db: Database, *, since: datetime | None, caller: str | None, limit: int, of: Principal | None = None
 ) -> list[CallEntry]:
-    """The ``limit`` most recent calls (newest first) made at or after ``since``, of ``caller`` if given."""
+    """The ``limit`` most recent calls (newest first) made at or after ``since``, of ``caller`` and
+    of principal ``of`` if given."""
     where = []
     if since is not None:
         if since.tzinfo is None:
@@ -91,6 +104,8 @@ async def recent_calls(
         where.append(_c.created_at >= since)
     if caller:
         where.append(_caller_filter(caller))
+    if of is not None:
+        where.append(_principal_filter(of))
     stmt = sa.select(calls).where(*where).order_by(_c.created_at.desc(), _c.id.desc()).limit(limit)
     async with db.read() as conn:
         rows = (await conn.execute(stmt)).all()

@@ -69,8 +69,13 @@ class LedgerReads:
         return await queries.totals(self._db, start, end)
 
     async def recent_calls(
-        self, *, since: datetime | None = None, caller: str | None = None, limit: int = 50
+        self,
+        *,
+        since: datetime | None = None,
+        caller: str | None = None,
+        limit: int = 50,
+        of: Principal | None = None,
     ) -> list[CallEntry]:
         """The most recent calls, newest first: at or after ``since``, of ``caller`` (a user key,
-        a bare Slack user id, a CLI user's or an MCP client's name) when given."""
-        return await recent_calls(self._db, since=since, caller=caller, limit=limit)
+        a bare Slack user id, a CLI user's or an MCP client's name) and of principal ``of`` when given."""
+        return await recent_calls(self._db, since=since, caller=caller, limit=limit, of=of)
