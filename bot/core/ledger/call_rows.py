@@ -8,6 +8,7 @@ Pure functions, no I/O: ``transactions.sweep`` uses them inside a transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -57,6 +58,13 @@ def call_identity(
     principal: Principal, provider: str, model: str, created_at: datetime, input_tokens: int = 0
 ) -> str:
     """What a hold keeps of its call (JSON), for ``interrupted_row``."""
+    # The caller's part is the same for every call of one principal and model: made once.
+    who = _who_json(principal, provider, model)
+    return f'{who[:-1]},"input_tokens":{int(input_tokens)},"created_at":"{created_at.isoformat()}"}}'
+
+
+@functools.lru_cache(maxsize=4096)
+def _who_json(principal: Principal, provider: str, model: str) -> str:
     return json.dumps(
         {
             "surface": principal.surface,
@@ -67,8 +75,6 @@ def call_identity(
             "client_id": principal.client_id,
             "provider": provider,
             "model": model,
-            "input_tokens": input_tokens,
-            "created_at": created_at.isoformat(),
         },
         separators=(",", ":"),
     )

@@ -12,7 +12,6 @@ per provider into attribute paths, read off the SDK's objects in a few microseco
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 from genai_prices import data_snapshot
@@ -54,7 +53,8 @@ def _read(raw: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if value is None:
             return None
-        value = value.get(key) if isinstance(value, Mapping) else getattr(value, key, None)
+        # ``type(...) is dict``, not an ABC check: this runs a dozen times per call.
+        value = value.get(key) if type(value) is dict else getattr(value, key, None)
     return value
 
 
