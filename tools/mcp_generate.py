@@ -186,6 +186,8 @@ def register_generate(server: MCPServer, gateway: Gateway, config: McpConfig, st
         if dry_run or confirm:
             return CostConfirmation(run=True)
         principal = require_principal()
+        if config.confirmation_threshold(principal.client_id) is None:
+            return CostConfirmation(run=True)  # nothing to confirm: no second pricing of the call
         try:
             worst = await gateway.generate(
                 principal, conversation, model=model, system=system, max_tokens=max_tokens, dry_run=True

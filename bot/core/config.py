@@ -207,12 +207,15 @@ class McpConfig(_Strict):
     answer_ttl_seconds: float = Field(default=3600.0, gt=0, le=7 * 86_400)
     answer_store_chars: int = Field(default=4_000_000, ge=10_000, le=200_000_000)
 
+    def confirmation_threshold(self, client: str | None) -> Decimal | None:
+        """The amount above which ``client``'s calls are confirmed (its own, else the global one);
+        None: never."""
+        own = self.clients.get(client) if client else None
+        return own.confirm_above_usd if own and own.confirm_above_usd is not None else self.confirm_above_usd
+
     def needs_confirmation(self, client: str | None, worst_case: Decimal) -> Decimal | None:
         """The threshold ``worst_case`` (USD) is above for ``client``, or None when no confirmation is due."""
-        own = self.clients.get(client) if client else None
-        threshold = (
-            own.confirm_above_usd if own and own.confirm_above_usd is not None else self.confirm_above_usd
-        )
+        threshold = self.confirmation_threshold(client)
         return threshold if threshold is not None and worst_case > threshold else None
 
 
